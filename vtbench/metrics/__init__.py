@@ -1,0 +1,12 @@
+"""Metrics. Each module registers its metric lazily here, so listing metrics imports no heavy code."""
+
+from vtbench.metrics.base import METRICS, Batch, Metric, MetricUnavailable, MetricValue, Output
+
+METRICS.register("psnr", "vtbench.metrics.pixel:PSNR")
+METRICS.register("ssim", "vtbench.metrics.pixel:SSIM")
+METRICS.register("lpips", "vtbench.metrics.lpips:LPIPSMetric")
+METRICS.register("rfid", "vtbench.metrics.fid:RFID")
+METRICS.register("compression", "vtbench.metrics.compression:Compression")
+METRICS.register("speed", "vtbench.metrics.speed:Speed")
+
+__all__ = ["METRICS", "Batch", "Metric", "MetricUnavailable", "MetricValue", "Output"]

@@ -1,0 +1,185 @@
+"""The metric contract.
+
+A metric folds batches into declared states (``add_state`` with a reduction, as torchmetrics does) and turns
+them into values at the end. States are plain tensors, so a run can checkpoint them (resume) and processes can
+reduce them (sum / cat / max). A metric that cannot run yields ``value: None`` with a reason, never 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from vtbench.registry import Registry
+
+
+class MetricUnavailable(RuntimeError):
+    """Raised by a metric's constructor when it cannot run here (missing weights, missing engine)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Output:
+    """One value a metric produces."""
+
+    key: str
+    display_name: str
+    unit: str = ""
+    higher_is_better: bool | None = None  # None: neither (e.g. a rate)
+
+
+@dataclass
+class MetricValue:
+    value: float | None
+    n: int
+    higher_is_better: bool | None
+    unit: str = ""
+    display_name: str = ""
+    reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Batch:
+    """One decoded batch as every metric sees it.
+
+    ``original`` and ``reconstruction`` are uint8 ``(N, 3, H, W)`` on the same device and of the same size:
+    reconstructions are quantised to 8 bits before any metric, as the rFID protocol does.
+    """
+
+    ids: list[str]
+    original: torch.Tensor
+    reconstruction: torch.Tensor
+    tokens: Any = None  # vtbench.tokenizers.base.Tokens (None for reference-only passes)
+    encode_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("original", "reconstruction"):
+            t = getattr(self, name)
+            if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[1] != 3:
+                raise ValueError(f"Batch.{name} must be uint8 (N,3,H,W), got {t.dtype} {tuple(t.shape)}")
+        if self.original.shape != self.reconstruction.shape:
+            raise ValueError(f"original {tuple(self.original.shape)} and reconstruction "
+                             f"{tuple(self.reconstruction.shape)} differ in shape")
+
+    @property
+    def size(self) -> int:
+        return int(self.original.shape[0])
+
+    @staticmethod
+    def to_float(x: torch.Tensor) -> torch.Tensor:
+        """uint8 -> float32 in [0, 1]."""
+        return x.float().div_(255.0)
+
+
+_REDUCE = ("sum", "cat", "max")
+
+
+class Metric:
+    """Base class. Subclasses set ``name`` and ``outputs``, declare states in ``__init__``, and implement
+    ``update`` (returning per-sample values keyed by output key, each a tensor of shape ``(N,)``) and
+    ``compute``.
+    """
+
+    name: ClassVar[str] = ""
+    outputs: ClassVar[tuple[Output, ...]] = ()
+    needs: ClassVar[frozenset[str]] = frozenset({"pixels"})
+    protocol: ClassVar[str] = "reconstruction"
+
+    def __init__(self) -> None:
+        self._defaults: dict[str, tuple[torch.Tensor | None, str]] = {}
+        self._state: dict[str, Any] = {}
+
+    # -- state ------------------------------------------------------------------------------------
+    def add_state(self, name: str, default: torch.Tensor | None, reduce: str) -> None:
+        """``reduce='sum'|'max'`` takes a tensor default; ``'cat'`` keeps a list of tensors (default None)."""
+        if reduce not in _REDUCE:
+            raise ValueError(f"reduce must be one of {_REDUCE}")
+        self._defaults[name] = (None if default is None else default.clone(), reduce)
+        self._state[name] = [] if reduce == "cat" else default.clone()
+
+    def __getattr__(self, item: str) -> Any:
+        state = self.__dict__.get("_state")
+        if state is not None and item in state:
+            return state[item]
+        raise AttributeError(item)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        state = self.__dict__.get("_state")
+        if state is not None and key in state:
+            state[key] = value
+        else:
+            super().__setattr__(key, value)
+
+    def reset(self) -> None:
+        for name, (default, reduce) in self._defaults.items():
+            self._state[name] = [] if reduce == "cat" else default.clone()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, (default, reduce) in self._defaults.items():
+            v = self._state[name]
+            if reduce == "cat":
+                v = torch.cat([t.cpu() for t in v]) if v else torch.empty(0)
+            out[name] = v.detach().cpu().clone()
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, (default, reduce) in self._defaults.items():
+            v = state[name]
+            self._state[name] = ([v] if v.numel() else []) if reduce == "cat" else v.to(default.dtype).clone()
+
+    def merge_state(self, other: dict[str, torch.Tensor]) -> None:
+        """Fold another process's (or shard's) state into this one."""
+        for name, (_, reduce) in self._defaults.items():
+            v = other[name]
+            if reduce == "sum":
+                self._state[name] = self._state[name] + v.to(self._state[name].device)
+            elif reduce == "max":
+                self._state[name] = torch.maximum(self._state[name], v.to(self._state[name].device))
+            elif v.numel():
+                self._state[name].append(v)
+
+    # -- contract ---------------------------------------------------------------------------------
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, MetricValue]:
+        raise NotImplementedError
+
+    def value(self, key: str, value: float | None, n: int, reason: str | None = None, **extra: Any) -> MetricValue:
+        """A ``MetricValue`` for output ``key`` carrying that output's display metadata."""
+        out = next(o for o in self.outputs if o.key == key)
+        if value is not None and value != value:  # NaN: never reported as a number
+            value, reason = None, reason or "the value is NaN (a reconstruction or feature was not finite)"
+        return MetricValue(value=None if value is None else float(value), n=n,
+                           higher_is_better=out.higher_is_better, unit=out.unit,
+                           display_name=out.display_name, reason=reason, extra=extra)
+
+    @classmethod
+    def unavailable(cls, reason: str, n: int = 0) -> dict[str, MetricValue]:
+        """Null values with ``reason`` for every output of this metric."""
+        return {o.key: MetricValue(None, n, o.higher_is_better, o.unit, o.display_name, reason) for o in cls.outputs}
+
+
+METRICS: Registry[type[Metric]] = Registry("metric")
+
+
+def metric_for_output(key: str) -> str:
+    """The registered metric name that produces output ``key`` (``bpp`` -> ``compression``)."""
+    if key in METRICS:
+        return key
+    for name in METRICS.names():
+        if any(o.key == key for o in METRICS.get(name).outputs):
+            return name
+    METRICS.get(key)  # raises with did-you-mean
+    raise AssertionError

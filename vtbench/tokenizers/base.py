@@ -1,0 +1,141 @@
+"""The tokenizer contract: cards, the ``Tokens`` value, and the ``Tokenizer`` base class.
+
+Every adapter takes float NCHW RGB images in [0, 1] and returns [0, 1] images from ``decode``; range
+conversion to the model's own convention is the adapter's job. ``Tokens`` carries the codes with their
+layout (or continuous latents, or a codec's bytes) and the exact number of bits each image costs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+KINDS = ("vq", "rvq", "multiscale", "fsq", "lfq", "scalar", "continuous", "codec", "reference")
+
+
+class UnsupportedResolutionError(ValueError):
+    """The tokenizer cannot take images of this size under the chosen preprocessing policy."""
+
+
+@dataclass
+class TokenizerCard:
+    """One tokenizer variant as declared in a ``tokenizers/*.toml`` card."""
+
+    name: str  # "family.variant"
+    family: str
+    variant: str
+    kind: str
+    entry: str  # "module:Class" of the adapter
+    description: str = ""
+    source: str = ""
+    license: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] | None = None  # file, sha256, url, hub_repo, hub_filename, size_bytes
+    native_size: int | None = None  # None: any size (subject to ``size_multiple``)
+    size_multiple: int = 1
+    input_range: str = "[0,1]"
+    reference: bool = False  # identity / resize / codec rows: bounds, not tokenizers
+    default_run: bool = False
+    published: list[dict[str, Any]] = field(default_factory=list)
+    card_path: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "family": self.family, "variant": self.variant, "kind": self.kind,
+            "description": self.description, "source": self.source, "license": self.license,
+            "params": self.params, "weights": self.weights, "native_size": self.native_size,
+            "size_multiple": self.size_multiple, "input_range": self.input_range,
+            "reference": self.reference, "published": self.published, "card_path": self.card_path,
+        }
+
+
+@dataclass
+class Tokens:
+    """What ``encode`` returns.
+
+    ``bits`` holds the exact cost of each image (float64, shape ``(N,)``): codes x log2(K) for discrete
+    tokens, the encoded size for codecs, elements x 16 for fp16 continuous latents.
+    """
+
+    kind: str
+    bits: torch.Tensor
+    tokens_per_image: int | None
+    codes: torch.Tensor | None = None  # int64, (N, *layout)
+    layout: tuple[str, ...] = ()  # names of the axes after N, e.g. ("h", "w") or ("h", "w", "depth")
+    codebook_size: int | None = None  # each code is in [0, codebook_size)
+    latents: torch.Tensor | None = None
+    payload: list[bytes] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.bits.shape[0])
+
+    @property
+    def bits_per_token(self) -> torch.Tensor | None:
+        if not self.tokens_per_image:
+            return None
+        return self.bits / self.tokens_per_image
+
+
+def code_bits(n_codes: int, codebook_size: int, batch: int) -> torch.Tensor:
+    """Bits for ``batch`` images of ``n_codes`` codes each from a codebook of ``codebook_size`` entries."""
+    return torch.full((batch,), n_codes * math.log2(codebook_size), dtype=torch.float64)
+
+
+class Tokenizer:
+    """Base class of all adapters. Subclasses implement ``encode``, ``decode`` and ``tokens_per_image``."""
+
+    def __init__(self, card: TokenizerCard, device: str | torch.device = "cpu"):
+        self.card = card
+        self.device = torch.device(device)
+        self.weights_path: Path | None = None
+        self.weights_sha256: str | None = None
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_card(cls, card: TokenizerCard, *, weights: str | Path | None = None, trust: bool = False,
+                  device: str | torch.device = "cpu") -> "Tokenizer":
+        """Build the adapter for ``card``; adapters with weights resolve them through ``vtbench.tokenizers.weights``."""
+        return cls(card, device=device)
+
+    # -- contract -----------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    def check_size(self, height: int, width: int) -> None:
+        """Raise ``UnsupportedResolutionError`` when this tokenizer cannot take ``height x width`` images."""
+        native = self.card.native_size
+        if native is not None and (height, width) != (native, native):
+            raise UnsupportedResolutionError(
+                f"{self.name} takes {native}x{native} images, got {height}x{width}; use a preprocessing policy "
+                f"that produces {native}x{native} (--preprocess adm-center-crop --resolution {native}, or pad-restore)"
+            )
+        m = self.card.size_multiple
+        if m > 1 and (height % m or width % m):
+            raise UnsupportedResolutionError(
+                f"{self.name} needs sides divisible by {m}, got {height}x{width}; choose --resolution as a "
+                f"multiple of {m} or use --preprocess pad-restore"
+            )
+
+    def encode(self, images: torch.Tensor) -> Tokens:  # images: float (N,3,H,W) in [0,1]
+        raise NotImplementedError
+
+    def decode(self, tokens: Tokens) -> torch.Tensor:  # -> float (N,3,H,W) in [0,1]
+        raise NotImplementedError
+
+    def tokens_per_image(self, height: int, width: int) -> int | None:
+        raise NotImplementedError
+
+    def to(self, device: str | torch.device) -> "Tokenizer":
+        self.device = torch.device(device)
+        return self
+
+    def provenance(self) -> dict[str, Any]:
+        return {"weights_path": str(self.weights_path) if self.weights_path else None,
+                "weights_sha256": self.weights_sha256}
