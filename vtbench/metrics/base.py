@@ -142,10 +142,13 @@ class Metric:
         """Fold another process's (or shard's) state into this one."""
         for name, (_, reduce) in self._defaults.items():
             v = other[name]
-            if reduce == "sum":
-                self._state[name] = self._state[name] + v.to(self._state[name].device)
+            mine = self._state[name]
+            if reduce != "cat" and mine.numel() == 0:  # lazily shaped state not yet created here
+                self._state[name] = v.clone()
+            elif reduce == "sum":
+                self._state[name] = mine + v.to(mine.device)
             elif reduce == "max":
-                self._state[name] = torch.maximum(self._state[name], v.to(self._state[name].device))
+                self._state[name] = torch.maximum(mine, v.to(mine.device))
             elif v.numel():
                 self._state[name].append(v)
 

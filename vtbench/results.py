@@ -1,0 +1,150 @@
+"""Run results: a versioned JSON record per (tokenizer, dataset) plus a per-sample table.
+
+Layout of a results directory::
+
+    OUT/<dataset-slug>/<tokenizer>/result.json    # RunResult (schema_version, provenance, metric values)
+    OUT/<dataset-slug>/<tokenizer>/samples.csv    # one row per image: id and per-image metric values
+    OUT/<dataset-slug>/<tokenizer>/progress.pt    # only while a run is incomplete (resume state)
+
+``load(DIR)`` reads every result.json below DIR into a tidy pandas DataFrame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from vtbench import __version__
+from vtbench.paths import REPO_ROOT
+
+SCHEMA_VERSION = 1
+RESULT_FILE = "result.json"
+SAMPLES_FILE = "samples.csv"
+
+
+def slug(text: str) -> str:
+    """A file-system-safe name for a dataset or tokenizer."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return s[:120] or "unnamed"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> dict[str, Any]:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                    capture_output=True, text=True, timeout=5).stdout.strip()) if head else None
+    except (OSError, subprocess.SubprocessError):
+        head, dirty = None, None
+    return {"commit": head, "dirty": dirty}
+
+
+def environment(device: str) -> dict[str, Any]:
+    import torch
+    env = {"python": platform.python_version(), "platform": platform.platform(), "device": device}
+    for pkg in ("torch", "torchvision", "torchmetrics", "clean-fid", "numpy", "scipy", "pillow", "timm"):
+        env[pkg] = _version(pkg)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["device_name"] = torch.cuda.get_device_name(torch.device(device))
+        env["cuda"] = torch.version.cuda
+    env["threads"] = torch.get_num_threads()
+    return env
+
+
+def new_record(**sections: Any) -> dict[str, Any]:
+    """A RunResult dict with the provenance header filled in."""
+    return {"schema_version": SCHEMA_VERSION,
+            "vtbench": {"version": __version__, **git_commit()},
+            **sections}
+
+
+def upgrade(record: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older RunResult up to the current schema (older versions keep loading)."""
+    version = record.get("schema_version", 0)
+    if version > SCHEMA_VERSION:
+        raise ValueError(f"result schema {version} is newer than this vtbench ({SCHEMA_VERSION}); upgrade vtbench")
+    if version == 0:  # pre-release records: metrics as plain numbers
+        record["metrics"] = {k: (v if isinstance(v, dict) else {"value": v, "n": None, "higher_is_better": None})
+                             for k, v in record.get("metrics", {}).items()}
+        record["schema_version"] = 1
+    return record
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return upgrade(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not a valid result file ({exc}); delete it and re-run") from None
+
+
+def iter_records(root: str | Path) -> Iterable[tuple[Path, dict[str, Any]]]:
+    root = Path(root)
+    paths = [root] if root.is_file() else sorted(root.rglob(RESULT_FILE))
+    for p in paths:
+        yield p, read_record(p)
+
+
+def load(root: str | Path) -> pd.DataFrame:
+    """All results below ``root`` as a tidy DataFrame: one row per (tokenizer, dataset, protocol, metric)."""
+    rows = []
+    for path, rec in iter_records(root):
+        tok, ds, proto = rec.get("tokenizer", {}), rec.get("dataset", {}), rec.get("protocol", {})
+        for key, m in rec.get("metrics", {}).items():
+            rows.append({
+                "tokenizer": tok.get("name"), "family": tok.get("family"), "kind": tok.get("kind"),
+                "reference": bool(tok.get("reference", False)), "dataset": ds.get("id"),
+                "protocol": proto.get("name"), "protocol_version": proto.get("version"), "metric": key,
+                "value": m.get("value"), "n": m.get("n"), "higher_is_better": m.get("higher_is_better"),
+                "unit": m.get("unit"), "reason": m.get("reason"), "path": str(path),
+            })
+    cols = ["tokenizer", "family", "kind", "reference", "dataset", "protocol", "protocol_version", "metric",
+            "value", "n", "higher_is_better", "unit", "reason", "path"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def load_samples(root: str | Path) -> pd.DataFrame:
+    """Per-sample tables below ``root``, with tokenizer and dataset columns added."""
+    frames = []
+    for path, rec in iter_records(root):
+        samples = path.parent / SAMPLES_FILE
+        if samples.is_file():
+            df = pd.read_csv(samples)
+            df.insert(0, "tokenizer", rec["tokenizer"]["name"])
+            df.insert(1, "dataset", rec["dataset"]["id"])
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def wide(df: pd.DataFrame) -> pd.DataFrame:
+    """Tokenizers x metrics (one dataset/protocol at a time is the caller's choice)."""
+    if df.empty:
+        return df
+    return df.pivot_table(index=["dataset", "tokenizer"], columns="metric", values="value", aggfunc="first",
+                          dropna=False)

@@ -1,0 +1,351 @@
+"""The one-pass evaluation runner.
+
+For each (tokenizer, dataset): every image is encoded and decoded once, quantised to 8 bits, and every
+selected metric is updated from that same batch; nothing is written as PNG in between (unless asked to save
+reconstructions). Memory is flat in the number of images: metrics keep streaming state only. Progress is
+checkpointed atomically (metric states + done ids + per-sample rows), so an interrupted run resumes where it
+stopped; a completed run is skipped unless forced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from vtbench.config import Protocol, load_protocol
+from vtbench.data.datasets import ImageDataset, collate, open_dataset
+from vtbench.data.policies import get_policy
+from vtbench.metrics import METRICS, Batch, Metric, MetricUnavailable, MetricValue
+from vtbench.metrics.base import metric_for_output
+from vtbench.results import (RESULT_FILE, SAMPLES_FILE, environment, new_record, read_record, slug,
+                             write_json_atomic, write_text_atomic)
+from vtbench.tokenizers import Tokenizer, build_tokenizer
+
+log = logging.getLogger("vtbench")
+
+PROGRESS_FILE = "progress.pt"
+
+
+class NonFiniteOutputError(RuntimeError):
+    """A tokenizer produced NaN/Inf pixels."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that selects what a run computes (part of its fingerprint) plus how it runs."""
+
+    data: str = "embedded"
+    metrics: list[str] | None = None  # None: the protocol's default list
+    protocol: str = "reconstruction"
+    preprocess: str | None = None  # None: the protocol's policy
+    resolution: int | None = None  # None: the protocol's resolution
+    limit: int | None = None
+    seed: int = 0
+    batch_size: int = 16
+    device: str = "auto"
+    out: Path = Path("results")
+    force: bool = False
+    save_reconstructions: Path | None = None
+    weights: str | None = None
+    trust_checkpoint: bool = False
+    workers: int = 0
+    checkpoint_every: int = 4  # batches between progress checkpoints
+    progress: bool = True
+    stop_after_batches: int | None = None  # for tests: simulate an interruption
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def selected_metrics(cfg: RunConfig, protocol: Protocol) -> list[str]:
+    names = cfg.metrics or protocol.get("metrics.default", [])
+    out: list[str] = []
+    for n in names:
+        m = metric_for_output(n.strip())  # accepts output keys such as "bpp"; unknown -> did-you-mean
+        if m not in out:
+            out.append(m)
+    return out
+
+
+def build_metrics(names: list[str], device: torch.device, reference_key: str) -> tuple[dict[str, Metric], dict[str, str]]:
+    """Construct metrics; those that cannot run here are returned as ``{name: reason}``."""
+    kwargs: dict[str, dict[str, Any]] = {
+        "rfid": {"device": device, "reference_key": reference_key},
+        "lpips": {"device": device},
+        "speed": {"device": device},
+    }
+    built, unavailable = {}, {}
+    for name in names:
+        cls = METRICS.get(name)
+        try:
+            built[name] = cls(**kwargs.get(name, {}))
+        except MetricUnavailable as exc:
+            unavailable[name] = exc.reason
+            log.warning("metric %s unavailable: %s", name, exc.reason)
+    return built, unavailable
+
+
+def fingerprint(*parts: Any) -> str:
+    return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def _quantise(x: torch.Tensor) -> torch.Tensor:
+    """float [0,1] -> uint8, the rFID protocol's ``clamp(round(255 x))``."""
+    return x.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Progress:
+    """A rich progress bar on stderr (silent when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=total)
+
+    def advance(self, n: int) -> None:
+        if self.bar:
+            self.bar.advance(self.task, n)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+class TokenizerRun:
+    """One (tokenizer, dataset) pass."""
+
+    def __init__(self, tokenizer: Tokenizer, dataset: ImageDataset, cfg: RunConfig, protocol: Protocol,
+                 metric_names: list[str], device: torch.device):
+        self.tok, self.ds, self.cfg, self.protocol = tokenizer, dataset, cfg, protocol
+        self.metric_names, self.device = metric_names, device
+        self.policy = dataset.policy
+        self.dir = Path(cfg.out) / slug(dataset.info.id) / slug(tokenizer.name)
+        self.fingerprint = fingerprint(
+            tokenizer.name, tokenizer.weights_sha256, dataset.info.id, dataset.info.revision,
+            fingerprint(*dataset.ids), self.policy.describe(), protocol.name, protocol.version,
+            sorted(metric_names), cfg.seed)
+        ref = fingerprint(dataset.info.id, dataset.info.revision, fingerprint(*dataset.ids), self.policy.describe())
+        self.metrics, self.unavailable = build_metrics(metric_names, device, reference_key=ref)
+        self.done: set[str] = set()
+        self.rows: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, str]] = []
+        self.timings = {"encode_s": 0.0, "decode_s": 0.0, "metrics_s": 0.0}
+
+    # -- resume -----------------------------------------------------------------------------------
+    def completed(self) -> dict[str, Any] | None:
+        path = self.dir / RESULT_FILE
+        if path.is_file():
+            try:
+                rec = read_record(path)
+            except ValueError:
+                return None
+            if rec.get("run", {}).get("fingerprint") == self.fingerprint:
+                return rec
+        return None
+
+    def _save_progress(self) -> None:
+        state = {"fingerprint": self.fingerprint, "done": sorted(self.done), "rows": self.rows,
+                 "skipped": self.skipped, "timings": self.timings,
+                 "metrics": {n: m.state_dict() for n, m in self.metrics.items()}}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{PROGRESS_FILE}.{os.getpid()}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.dir / PROGRESS_FILE)
+
+    def _load_progress(self) -> None:
+        path = self.dir / PROGRESS_FILE
+        if not path.is_file():
+            return
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a torn or foreign file: start over rather than trust it
+            log.warning("%s: unreadable progress file (%s); starting this run again", path, exc)
+            return
+        if state.get("fingerprint") != self.fingerprint or set(state["metrics"]) != set(self.metrics):
+            log.warning("%s: progress belongs to different settings; starting this run again", path)
+            return
+        for name, m in self.metrics.items():
+            m.load_state_dict(state["metrics"][name])
+        self.done, self.rows, self.skipped = set(state["done"]), state["rows"], state["skipped"]
+        self.timings = state["timings"]
+        log.info("resuming %s: %d of %d images already done", self.tok.name, len(self.done), len(self.ds))
+
+    # -- the pass ---------------------------------------------------------------------------------
+    def _process(self, ids: list[str], originals: list[torch.Tensor]) -> None:
+        model_in, ctxs = [], []
+        for x in originals:
+            y, ctx = self.policy.to_model(x)
+            model_in.append(y)
+            ctxs.append(ctx)
+        inp = torch.stack(model_in).to(self.device)
+        self.tok.check_size(*inp.shape[-2:])
+        _sync(self.device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            tokens = self.tok.encode(inp)
+            _sync(self.device)
+            t1 = time.perf_counter()
+            rec = self.tok.decode(tokens)
+            _sync(self.device)
+        t2 = time.perf_counter()
+        if rec.shape != inp.shape:
+            raise RuntimeError(f"{self.tok.name}: decode returned {tuple(rec.shape)} for input {tuple(inp.shape)}")
+        bad = ~torch.isfinite(rec).flatten(1).all(dim=1)
+        if bad.any():
+            which = [i for i, b in zip(ids, bad.tolist()) if b]
+            raise NonFiniteOutputError(f"{self.tok.name} produced NaN/Inf pixels for {which[:5]}; "
+                                       f"results so far are kept in {self.dir / PROGRESS_FILE}")
+        recon = torch.stack([_quantise(self.policy.from_model(r.float().cpu(), c)) for r, c in zip(rec, ctxs)])
+        orig = torch.stack(originals)
+        batch = Batch(ids=ids, original=orig.to(self.device), reconstruction=recon.to(self.device), tokens=tokens,
+                      encode_seconds=t1 - t0, decode_seconds=t2 - t1)
+        t3 = time.perf_counter()
+        per_sample: dict[str, torch.Tensor] = {}
+        for m in self.metrics.values():
+            per_sample.update(m.update(batch) or {})
+        self.timings["encode_s"] += t1 - t0
+        self.timings["decode_s"] += t2 - t1
+        self.timings["metrics_s"] += time.perf_counter() - t3
+        for i, sid in enumerate(ids):
+            row = {"id": sid}
+            row.update({k: float(v[i]) for k, v in per_sample.items()})
+            self.rows.append(row)
+        self.done.update(ids)
+        if self.cfg.save_reconstructions:
+            self._save_pngs(ids, recon)
+
+    def _save_pngs(self, ids: list[str], recon: torch.Tensor) -> None:
+        root = Path(self.cfg.save_reconstructions) / slug(self.tok.name)
+        for sid, img in zip(ids, recon):
+            path = (root / sid).with_suffix(".png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.permute(1, 2, 0).cpu().numpy(), "RGB").save(path)
+
+    def _batches(self) -> Any:
+        """Batches of same-size originals not yet done, in dataset order (size buckets flush when full)."""
+        todo = [i for i, sid in enumerate(self.ds.ids) if sid not in self.done]
+        if not todo:
+            return
+        subset = torch.utils.data.Subset(self.ds, todo)
+        loader = torch.utils.data.DataLoader(subset, batch_size=self.cfg.batch_size, shuffle=False,
+                                             num_workers=self.cfg.workers, collate_fn=collate)
+        buckets: dict[tuple[int, ...], tuple[list[str], list[torch.Tensor]]] = {}
+        for chunk in loader:
+            for sid, err in chunk["errors"]:
+                log.warning("skipping %s: %s", sid, err)
+                self.skipped.append({"id": sid, "reason": err})
+                self.done.add(sid)
+            for sid, img in zip(chunk["ids"], chunk["images"]):
+                ids, imgs = buckets.setdefault(tuple(img.shape), ([], []))
+                ids.append(sid)
+                imgs.append(img)
+                if len(ids) == self.cfg.batch_size:
+                    yield buckets.pop(tuple(img.shape))
+        yield from buckets.values()
+
+    def run(self) -> dict[str, Any]:
+        existing = self.completed()
+        if existing is not None and not self.cfg.force:
+            log.info("%s on %s: complete, skipped (use --force to recompute)", self.tok.name, self.ds.info.id)
+            return existing
+        if self.cfg.force:
+            (self.dir / PROGRESS_FILE).unlink(missing_ok=True)
+        self._load_progress()
+        started = datetime.now(timezone.utc).isoformat()
+        torch.manual_seed(self.cfg.seed)
+        np.random.seed(self.cfg.seed)
+        bar = _Progress(self.cfg.progress, len(self.ds), f"{self.tok.name} on {self.ds.info.id}")
+        bar.advance(len(self.done))
+        try:
+            for k, (ids, imgs) in enumerate(self._batches(), 1):
+                self._process(ids, imgs)
+                bar.advance(len(ids))
+                if k % self.cfg.checkpoint_every == 0:
+                    self._save_progress()
+                if self.cfg.stop_after_batches and k >= self.cfg.stop_after_batches:
+                    self._save_progress()
+                    raise KeyboardInterrupt(f"stopped after {k} batches (stop_after_batches)")
+        except BaseException:
+            if self.done:
+                self._save_progress()
+            raise
+        finally:
+            bar.close()
+        return self._finish(started)
+
+    def _finish(self, started: str) -> dict[str, Any]:
+        n_used = len(self.done) - len(self.skipped)
+        t0 = time.perf_counter()
+        values: dict[str, MetricValue] = {}
+        for name, m in self.metrics.items():
+            values.update(m.compute())
+        for name, reason in self.unavailable.items():
+            values.update(METRICS.get(name).unavailable(reason, n_used))
+        self.timings["metrics_s"] += time.perf_counter() - t0
+        record = new_record(
+            created=started, finished=datetime.now(timezone.utc).isoformat(),
+            environment=environment(str(self.device)),
+            tokenizer={**self.tok.card.to_dict(), **self.tok.provenance()},
+            dataset={**self.ds.info_dict(), "n_requested": self.cfg.limit, "n_used": n_used,
+                     "skipped": self.skipped},
+            protocol={"name": self.protocol.name, "version": self.protocol.version, "task": self.protocol.task},
+            metrics={k: v.to_dict() for k, v in values.items()},
+            timings=self.timings,
+            run={"fingerprint": self.fingerprint, "batch_size": self.cfg.batch_size, "seed": self.cfg.seed,
+                 "metrics_selected": self.metric_names},
+        )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.dir / SAMPLES_FILE, pd.DataFrame(self.rows).sort_values("id").to_csv(index=False)
+                          if self.rows else "id\n")
+        write_json_atomic(self.dir / RESULT_FILE, record)
+        (self.dir / PROGRESS_FILE).unlink(missing_ok=True)
+        return record
+
+
+def run(tokenizers: list[str], cfg: RunConfig,
+        on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Evaluate each tokenizer on ``cfg.data``; returns the RunResult records (existing complete ones reused)."""
+    device = resolve_device(cfg.device)
+    protocol = load_protocol(cfg.protocol)
+    policy = get_policy(cfg.preprocess or protocol.get("preprocessing.policy", "native"),
+                        cfg.resolution or protocol.get("preprocessing.resolution"))
+    dataset = open_dataset(cfg.data, policy, limit=cfg.limit, seed=cfg.seed)
+    names = selected_metrics(cfg, protocol)
+    log.info("dataset %s: %d images (%s); metrics: %s; device: %s", dataset.info.id, len(dataset),
+             policy.describe(), ", ".join(names), device)
+    records = []
+    for name in tokenizers:
+        tok = build_tokenizer(name, weights=cfg.weights, trust=cfg.trust_checkpoint, device=device)
+        record = TokenizerRun(tok, dataset, cfg, protocol, names, device).run()
+        records.append(record)
+        if on_result:
+            on_result(record)
+    return records
