@@ -150,9 +150,9 @@ class TokenizerRun:
         self.dir = Path(cfg.out) / slug(dataset.info.id) / slug(tokenizer.name)
         self.fingerprint = fingerprint(
             tokenizer.name, tokenizer.weights_sha256, dataset.info.id, dataset.info.revision,
-            fingerprint(*dataset.ids), self.policy.describe(), protocol.name, protocol.version,
+            dataset.info.selection, self.policy.describe(), protocol.name, protocol.version,
             sorted(metric_names), cfg.seed)
-        ref = fingerprint(dataset.info.id, dataset.info.revision, fingerprint(*dataset.ids), self.policy.describe())
+        ref = fingerprint(dataset.info.id, dataset.info.revision, dataset.info.selection, self.policy.describe())
         self.metrics, self.unavailable = build_metrics(metric_names, device, reference_key=ref)
         self.done: set[str] = set()
         self.rows: list[dict[str, Any]] = []
@@ -314,7 +314,7 @@ class TokenizerRun:
             created=started, finished=datetime.now(timezone.utc).isoformat(),
             environment=environment(str(self.device)),
             tokenizer={**self.tok.card.to_dict(), **self.tok.provenance()},
-            dataset={**self.ds.info_dict(), "n_requested": self.cfg.limit, "n_used": n_used,
+            dataset={**self.ds.info.to_dict(), "n_requested": self.cfg.limit, "n_used": n_used,
                      "skipped": self.skipped},
             protocol={"name": self.protocol.name, "version": self.protocol.version, "task": self.protocol.task},
             metrics={k: v.to_dict() for k, v in values.items()},

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from vtbench.config import all_cards, get_card
 from vtbench.registry import load_object
 from vtbench.tokenizers.base import Tokenizer, TokenizerCard, Tokens, UnsupportedResolutionError
 
 
 def list_tokenizers(pattern: str | None = None, *, default_run: bool | None = None) -> list[str]:
     """Names of all declared variants, optionally filtered by a wildcard pattern or default-run membership."""
+    from vtbench.config import all_cards
     names = []
     for name, card in sorted(all_cards().items()):
         if pattern and not fnmatch.fnmatch(name, pattern) and not fnmatch.fnmatch(card.family, pattern):
@@ -28,6 +28,7 @@ def list_tokenizers(pattern: str | None = None, *, default_run: bool | None = No
 def build_tokenizer(name: str, *, weights: str | Path | None = None, trust: bool = False,
                     device: str | torch.device = "cpu") -> Tokenizer:
     """Construct the adapter for ``name`` (``family.variant``); weights resolve as ``vtbench.tokenizers.weights`` says."""
+    from vtbench.config import get_card
     card = get_card(name)
     cls = load_object(card.entry)
     if not (isinstance(cls, type) and issubclass(cls, Tokenizer)):
@@ -36,5 +37,4 @@ def build_tokenizer(name: str, *, weights: str | Path | None = None, trust: bool
     return tok.to(device)
 
 
-__all__ = ["Tokenizer", "TokenizerCard", "Tokens", "UnsupportedResolutionError", "build_tokenizer",
-           "get_card", "list_tokenizers"]
+__all__ = ["Tokenizer", "TokenizerCard", "Tokens", "UnsupportedResolutionError", "build_tokenizer", "list_tokenizers"]

@@ -127,8 +127,20 @@ def train(kind: str, *, out: str | Path | None = None, steps: int = DEFAULT_STEP
     ``params``: architecture (defaults to the ``tiny.<kind>`` card's); ``images``: float (P, 3, H, W) in
     [0, 1] (defaults to the embedded photographs). Returns a summary dict (losses, PSNR on ``images``, time).
     """
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)
+    try:
+        return _train(kind, out=out, steps=steps, seed=seed, params=params, images=images,
+                      batch_size=batch_size, patch=patch, lr=lr, restart_every=restart_every,
+                      log_every=log_every, command=command)
+    finally:  # leave the caller's process as it was
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(kind: str, *, out, steps, seed, params, images, batch_size, patch, lr, restart_every, log_every,
+           command) -> dict[str, Any]:
     params = dict(params) if params is not None else card_params(kind)
     params["kind"] = kind
     if images is None:
@@ -165,8 +177,8 @@ def train(kind: str, *, out: str | Path | None = None, steps: int = DEFAULT_STEP
         flat = codes.reshape(-1, len(vqs)) if vqs else None
         for i, u in enumerate(usage):
             u += torch.bincount(flat[:, i], minlength=u.numel())
-        recent_rec = (recent_rec + [float(rec_loss)])[-50:]
-        recent_q = (recent_q + [float(qloss)])[-50:]
+        recent_rec = (recent_rec + [rec_loss.item()])[-50:]
+        recent_q = (recent_q + [qloss.item()])[-50:]
         if log_every and (step + 1) % log_every == 0:
             psnr = 10 * math.log10(4.0 / max(1e-12, sum(recent_rec) / len(recent_rec)))  # range 2
             log(f"  step {step + 1}/{steps}  rec_mse={sum(recent_rec) / len(recent_rec):.5f} "
