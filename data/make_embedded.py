@@ -75,7 +75,8 @@ SKIMAGE_SOURCES = {
         "file": "rocket.jpg",
         "sha256": "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c",
         "licence": "Public domain",
-        "attribution": "SpaceX (launch of DSCOVR on Falcon 9, SpaceX Photos on Flickr); released into the public domain",
+        "attribution": "SpaceX (launch of DSCOVR on Falcon 9, SpaceX Photos on Flickr); "
+        "released into the public domain",
     },
     "hubble_deep_field": {
         "file": "hubble_deep_field.jpg",
@@ -257,7 +258,9 @@ def to_rgb_image(arr: np.ndarray) -> Image.Image:
         a = np.stack([a, a, a], axis=-1)
     assert a.shape == (SIZE, SIZE, 3), a.shape
     q = np.floor(np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return Image.fromarray(q, mode="RGB")
+    img = Image.fromarray(q)
+    assert img.mode == "RGB"
+    return img
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -556,8 +559,9 @@ def make_text(w: Writer) -> list[dict]:
         for block in card["blocks"]:
             y = draw_block(img, words, block, y, card["margin"])
             y += block.get("gap_after", 0)
+            cap = cap_height(block["font"], block["size"])
             parts.append(
-                f"font {FONT_FILES[block['font']]} size {block['size']}px (cap height {cap_height(block['font'], block['size'])}px) "
+                f"font {FONT_FILES[block['font']]} size {block['size']}px (cap height {cap}px) "
                 f"fill rgb{tuple(block['fill'])} case={block['case']} seed={block['seed']}"
                 + (f" line_height={block['line_height']}" if "line_height" in block else "")
                 + (f" max_lines={block['max_lines']}" if "max_lines" in block else "")
@@ -568,10 +572,12 @@ def make_text(w: Writer) -> list[dict]:
         method = (
             f"PIL ImageDraw.text, BASIC layout, background {describe_bg(card['bg'])}, margin {card['margin']}px; "
             + " | ".join(parts)
-            + f"; {len(words)} words from the fixed word list in make_embedded.py; boxes in text_words.jsonl"
+            + f"; {len(words)} words (fixed word list and number formats in make_embedded.py); "
+            "boxes in text_words.jsonl"
         )
         w.save(img, rel, "text", "generated (matplotlib-bundled DejaVu fonts)", GENERATED_LICENCE,
-               GENERATED_ATTRIBUTION + "; glyphs from DejaVu fonts (Bitstream Vera licence; DejaVu changes public domain)",
+               GENERATED_ATTRIBUTION
+               + "; glyphs from DejaVu fonts (Bitstream Vera licence; DejaVu changes public domain)",
                method)
         records.append({"image": rel, "words": words})
     return records
@@ -705,8 +711,10 @@ def detail_patterns() -> list[tuple[str, np.ndarray, str]]:
               "isoluminant red/green sinusoid along x, period 4 px: rgb=0.5+0.45*cos(2*pi*x/4)*d, "
               "d=(0.587,-0.299,0)/0.587 (zero Rec.601 luma change)"))
     p.append(("colour_isoluminant_blue_yellow_p3_diag",
-              isoluminant((0.5, 0.5, -(0.299 + 0.587) * 0.5 / 0.114), np.cos(2 * np.pi * (_xx + _yy) / (3 * math.sqrt(2))), 0.45),
-              "isoluminant blue/yellow sinusoid along the diagonal, period 3 px: rgb=0.5+0.45*cos(2*pi*(x+y)/(3*sqrt2))*d, "
+              isoluminant((0.5, 0.5, -(0.299 + 0.587) * 0.5 / 0.114),
+                          np.cos(2 * np.pi * (_xx + _yy) / (3 * math.sqrt(2))), 0.45),
+              "isoluminant blue/yellow sinusoid along the diagonal, period 3 px: "
+              "rgb=0.5+0.45*cos(2*pi*(x+y)/(3*sqrt2))*d, "
               "d=(0.5,0.5,-3.886)/3.886 (zero Rec.601 luma change)"))
     chk = (((x // 2) + (y // 2)) % 2).astype(np.float64)[..., None]
     red = np.array([0.85, 0.1, 0.1])

@@ -67,7 +67,7 @@ def test_frechet_distance_identical_and_singular():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5, 32))  # rank-4 covariance in 32 dimensions: no eps retry needed
     mu, sigma = x.mean(0), np.cov(x, rowvar=False)
-    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-6
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-5
     y = rng.normal(1.0, 2.0, size=(5, 32))
     assert np.isfinite(frechet_distance(mu, sigma, y.mean(0), np.cov(y, rowvar=False)))
 
@@ -164,7 +164,7 @@ def test_fid_between_matches_cleanfid(tmp_path, extractor):
     stats_path = tmp_path / "b_stats.npz"
     from vtbench.fid_tool import folder_stats
     folder_stats(b, extractor, batch_size=12).save(stats_path)
-    assert fid_between(str(a), str(stats_path))["fid"] == pytest.approx(ours["fid"], rel=1e-9)
+    assert fid_between(str(a), str(stats_path))["fid"] == pytest.approx(ours["fid"], rel=1e-6)
 
 
 # -- (4) batch-size independence of the metric ---------------------------------------------------------------

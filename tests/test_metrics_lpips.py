@@ -6,6 +6,7 @@ with the package's bundled v0.1 linear heads, or random non-negative heads where
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 
@@ -60,6 +61,7 @@ def alex_files(isolated_env, monkeypatch):
 
 
 # -- parity with the lpips package ----------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)  # building lpips' VGG16 takes seconds: once per (net, seed)
 def reference_lpips(net: str, seed: int):
     lpips = pytest.importorskip("lpips", reason="the lpips package is the reference implementation")
     torch.manual_seed(seed)
@@ -191,7 +193,7 @@ def test_build_rejects_states_that_do_not_fit():
     with pytest.raises(ValueError, match="non-negative"):
         build_lpips("alex", backbone, {k: -v for k, v in lin.items()})
     with pytest.raises(ValueError, match="linear heads"):
-        build_lpips("vgg", random_backbone_state("vgg"), lin)
+        build_lpips("vgg", backbone, lin)  # heads are checked before the backbone
     with pytest.raises(ValueError, match="features"):
         build_lpips("alex", {"conv.weight": torch.zeros(1)}, lin)
     with pytest.raises(ValueError, match="unknown LPIPS net"):

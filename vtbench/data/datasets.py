@@ -14,7 +14,8 @@
   used by ``huaweilin/VTBench``), else a binary column -- or named with ``image_column=``. An integer
   ``label``/``labels``/``class``/``target`` column (or ``label_column=``) gives labels. Only one row group's
   image column is held in memory at a time (per process); images are decoded one at a time in ``__getitem__``.
-- ``folder:<path>`` / ``parquet:<path>`` force the kind.
+- ``folder:<path>`` / ``parquet:<path>`` force the kind (a folder holding both images and parquet files is
+  otherwise read as an image folder).
 
 Identity: ``ids`` are relative posix file names for folders (sorted); for parquet, the struct's ``path`` values
 when every row has one and they are unique, else ``<file path relative to the root, without .parquet>/<row>``,
@@ -71,7 +72,7 @@ class DatasetInfo:
     policy: dict
     seed: int = 0
     limit: int | None = None
-    selection: str = ""            # sha1[:12] over the selected ids (equals revision-independent subset identity)
+    selection: str = ""            # sha1[:12] over the selected ids (identifies the subset)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +112,7 @@ class ImageDataset(Dataset):
                  extra: dict | None = None):
         if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
             raise DatasetError(f"limit must be a positive integer or None, got {limit!r}")
+        limit = None if limit is None else int(limit)
         self.policy = policy
         self.max_pixels = max_pixels
         self.classes = classes

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -100,10 +101,14 @@ def resolve_max_pixels(max_pixels: int | float | None = None) -> int:
     return int(max_pixels)
 
 
-def _too_large(name: str, width: int | None, height: int | None, limit: int) -> ImageTooLargeError:
+def _too_large(name: str, width: int | None, height: int | None, limit: int,
+               pixels: int | None = None) -> ImageTooLargeError:
     if width and height:
         what = f"{width}x{height} = {width * height:.3g} pixels exceeds the limit max_pixels={limit:.3g}"
         need = width * height
+    elif pixels:
+        what = f"{pixels:.3g} pixels exceeds the limit max_pixels={limit:.3g} (a decompression-bomb guard)"
+        need = pixels
     else:
         what = f"the image exceeds the limit max_pixels={limit:.3g} (a decompression-bomb guard)"
         need = 2 * limit
@@ -121,8 +126,9 @@ def _open(fp, name: str, limit: int) -> Image.Image:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 img = Image.open(fp)
-        except Image.DecompressionBombError:
-            raise _too_large(name, None, None, limit) from None
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            raise _too_large(name, None, None, limit, int(found.group(1)) if found else None) from None
         except Image.UnidentifiedImageError:
             raise ImageLoadError(name, "not an image, or an image format Pillow cannot identify",
                                  "check that the file really is an image (PNG, JPEG, BMP, WebP, TIFF, ...) "
@@ -236,7 +242,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | float | None = None) -
     path = Path(path)
     name = str(path)
     try:
-        data = path.read_bytes()  # the whole file is needed anyway; avoids holding a file handle open
+        fh = open(path, "rb")
     except FileNotFoundError:
         raise ImageLoadError(name, "no such file", "check the path; the dataset listing may be stale") from None
     except IsADirectoryError:
@@ -244,7 +250,8 @@ def load_image(path: str | os.PathLike, max_pixels: int | float | None = None) -
     except OSError as exc:
         raise ImageLoadError(name, f"cannot read the file ({exc.strerror or exc})",
                              "check the file's permissions and the storage it lives on") from None
-    return _decode(io.BytesIO(data), name, max_pixels)
+    with fh:
+        return _decode(fh, name, max_pixels)
 
 
 def load_image_bytes(data: bytes | bytearray | memoryview, name: str,

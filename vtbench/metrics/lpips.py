@@ -70,7 +70,8 @@ def _spec(net: str) -> NetSpec:
 
 class LPIPSNet(nn.Module):
     """The LPIPS distance as a module. ``forward(x0, x1)`` takes float ``(N, 3, H, W)`` in ``[-1, 1]`` and
-    returns ``(N,)``. Images must be large enough for the backbone's five stages (at least 32x32 for alex)."""
+    returns ``(N,)``. Images must be large enough for the backbone's five stages (at least 31x31 for alex,
+    16x16 for vgg)."""
 
     def __init__(self, net: str, features: nn.Sequential, lins: nn.ModuleList):
         super().__init__()
@@ -98,9 +99,14 @@ class LPIPSNet(nn.Module):
         return dist
 
 
+def _own(v: torch.Tensor) -> torch.Tensor:
+    """A float32 copy, so the module never shares storage with the caller's state dict (``assign=True``)."""
+    return v.detach().to(torch.float32, copy=True)
+
+
 def _backbone_features_state(state: Mapping[str, torch.Tensor], spec: NetSpec) -> dict[str, torch.Tensor]:
     """torchvision layout (``features.<i>.weight``; ``classifier.*`` ignored) -> keys of ``features[:last+1]``."""
-    out = {k[len("features."):]: v.float() for k, v in state.items()
+    out = {k[len("features."):]: _own(v) for k, v in state.items()
            if k.startswith("features.") and int(k.split(".")[1]) <= spec.taps[-1]}
     if not out:
         raise ValueError(f"backbone state dict has no 'features.*' keys: expected torchvision's {spec.arch} "
@@ -114,7 +120,7 @@ def _lin_state(state: Mapping[str, torch.Tensor], spec: NetSpec) -> dict[str, to
     for key, v in state.items():
         m = re.fullmatch(r"lin(\d+)\.model\.\d+\.weight", key)
         if m:
-            out[f"{m.group(1)}.weight"] = v.float()
+            out[f"{m.group(1)}.weight"] = _own(v)
     expected = {f"{k}.weight": (1, c, 1, 1) for k, c in enumerate(spec.channels)}
     got = {k: tuple(v.shape) for k, v in out.items()}
     if got != expected:
@@ -134,6 +140,7 @@ def build_lpips(net: str, backbone_state: Mapping[str, torch.Tensor],
     import torchvision
 
     spec = _spec(net)
+    lin_weights = _lin_state(lin_state, spec)  # cheap checks first
     with torch.device("meta"):  # no random init of weights that are replaced anyway (VGG16 is 138M params)
         features = getattr(torchvision.models, spec.arch)(weights=None).features[: spec.taps[-1] + 1]
         lins = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in spec.channels)
@@ -141,7 +148,7 @@ def build_lpips(net: str, backbone_state: Mapping[str, torch.Tensor],
         features.load_state_dict(_backbone_features_state(backbone_state, spec), strict=True, assign=True)
     except RuntimeError as exc:
         raise ValueError(f"backbone state dict does not fit torchvision {spec.arch}: {exc}") from exc
-    lins.load_state_dict(_lin_state(lin_state, spec), strict=True, assign=True)
+    lins.load_state_dict(lin_weights, strict=True, assign=True)
     return LPIPSNet(net, features, lins).eval().requires_grad_(False)
 
 
@@ -212,7 +219,7 @@ def resolve_lpips_weights(net: str = "alex", backbone_path: str | Path | None = 
 class LPIPSMetric(Metric):
     """LPIPS v0.1 distance per image pair, averaged over the dataset (lower is better).
 
-    ``update(batch)`` reads uint8 ``(N, 3, H, W)`` images (``H, W >= 32`` for alex), scales them to ``[0, 1]``
+    ``update(batch)`` reads uint8 ``(N, 3, H, W)`` images (``H, W >= 31`` for alex), scales them to ``[0, 1]``
     then ``[-1, 1]``, runs the network on the batch's device in float32 and returns ``{"lpips": (N,)}``.
     ``compute()`` returns the mean; ``extra`` names the net and the weight files used.
 

@@ -52,6 +52,13 @@ def load_photos(folder: str | Path = PHOTOS_DIR) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
 
 
+def images_digest(images: torch.Tensor) -> str:
+    """sha256 of the training images as uint8 (P, 3, H, W) bytes: identifies the data a checkpoint saw."""
+    import hashlib
+
+    return hashlib.sha256((images * 255).round().clamp(0, 255).to(torch.uint8).numpy().tobytes()).hexdigest()
+
+
 def sample_patches(images: torch.Tensor, batch: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """``batch`` random ``size x size`` crops of ``images`` (P, 3, H, W), half of them flipped horizontally."""
     p, _, h, w = images.shape
@@ -191,6 +198,7 @@ def _train(kind: str, *, out, steps, seed, params, images, batch_size, patch, lr
         "final_q_loss": sum(recent_q) / max(1, len(recent_q)),
         "psnr_train_images": evaluate_psnr(model, images) if images.shape[-1] % 8 == 0 else None,
         "n_params": n_params, "train_seconds": round(seconds, 1), "torch": torch.__version__,
+        "data_sha256": images_digest(images), "n_images": int(images.shape[0]),
     }
     log(f"tiny_train: done in {seconds:.0f}s; PSNR on the {images.shape[0]} training images "
         f"{summary['psnr_train_images']:.2f} dB")
