@@ -1,8 +1,12 @@
 """``vtbench fid A B``: FID between two image folders and/or ``.npz`` statistics files.
 
 Folder mode follows clean-fid's folder mode in "clean" mode: every image file under the folder (recursive,
-sorted by path), converted to RGB uint8, resized directly to 299x299 (no centre crop) with float PIL bicubic.
+sorted by path), decoded to RGB uint8, resized directly to 299x299 (no centre crop) with float PIL bicubic.
 Statistics are streamed in batches, so memory does not grow with the number of images.
+
+Decoding is ``vtbench.data.images.load_image``: identical to clean-fid's ``Image.open(p).convert("RGB")`` for
+RGB, grayscale and opaque palette files; it differs on purpose for transparent images (composited onto white
+where clean-fid drops alpha) and 16-bit grayscale (high byte where Pillow clips).
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
+from vtbench.data.images import load_image
 from vtbench.metrics.frechet import FeatureStats, GaussianStats, frechet_distance, load_stats
 from vtbench.metrics.inception import FEATURE_DIM, InceptionExtractor, load_inception
 
@@ -26,17 +30,6 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     root = Path(folder)
     return sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
                   key=lambda p: str(p))
-
-
-def _load_rgb(path: Path) -> np.ndarray:
-    try:
-        from vtbench.data.images import load_image
-    except ImportError:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return load_image(path)
 
 
 def _batches(files: list[Path], batch_size: int) -> Iterator[list[Path]]:
@@ -54,7 +47,7 @@ def folder_stats(folder: str | os.PathLike, extractor: InceptionExtractor, *, ba
         raise ValueError(f"{folder}: FID needs at least 2 images, found {len(files)}")
     stats = FeatureStats.zeros(FEATURE_DIM, extractor.device)
     for chunk in _batches(files, batch_size):
-        stats.update(extractor.forward_resized(extractor.resize([_load_rgb(p) for p in chunk])))
+        stats.update(extractor.forward_resized(extractor.resize([load_image(p) for p in chunk])))
     return stats
 
 

@@ -89,7 +89,6 @@ def build_metrics(names: list[str], device: torch.device, reference_key: str) ->
     """Construct metrics; those that cannot run here are returned as ``{name: reason}``."""
     kwargs: dict[str, dict[str, Any]] = {
         "rfid": {"device": device, "reference_key": reference_key},
-        "lpips": {"device": device},
         "speed": {"device": device},
     }
     built, unavailable = {}, {}

@@ -6,8 +6,9 @@ The distance is ``||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))``. The
 ``sum(sqrt(eigvalsh(A S2 A)))`` with ``A = S1^(1/2)`` from a symmetric eigendecomposition: ``S1 S2`` is similar
 to the symmetric PSD matrix ``A S2 A``, so both have the same eigenvalues. This needs no ``scipy.linalg.sqrtm``
 (broken in SciPy 1.11.2-1.12.x), no eps retry for singular products (small N, covariance of rank N-1), and
-never produces imaginary parts; eigenvalues that round below zero are clipped to zero. It agrees with the
-sqrtm formulation (clean-fid, ADM, pytorch-fid) to ~1e-7 relative or better.
+never produces imaginary parts. Eigenvalues below the rank tolerance (D * eps * largest; this includes
+those that round below zero) count as zero. It agrees with the sqrtm formulation (clean-fid, ADM,
+pytorch-fid) to ~1e-7 relative or better.
 """
 
 from __future__ import annotations
@@ -109,9 +110,17 @@ def load_stats(path: str | os.PathLike) -> GaussianStats:
     return GaussianStats(mu, sigma, n)
 
 
+def _psd_eigenvalues(w: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a symmetric PSD matrix with rounding noise zeroed: anything below the usual rank
+    tolerance (D * eps * largest) is a zero eigenvalue; its square root would otherwise add about
+    sqrt(eps * largest) per null direction, which adds up for rank-deficient covariances (N < D)."""
+    tol = w.shape[0] * np.finfo(np.float64).eps * max(float(w.max(initial=0.0)), 0.0)
+    return np.where(w > tol, w, 0.0)
+
+
 def _sqrt_psd(a: np.ndarray) -> np.ndarray:
     w, v = np.linalg.eigh(a)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    return (v * np.sqrt(_psd_eigenvalues(w))) @ v.T
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -126,7 +135,6 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
     root1 = _sqrt_psd(s1)
     m = root1 @ s2 @ root1
-    eig = np.linalg.eigvalsh((m + m.T) / 2)
-    tr_covmean = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+    tr_covmean = float(np.sqrt(_psd_eigenvalues(np.linalg.eigvalsh((m + m.T) / 2))).sum())
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
