@@ -110,7 +110,10 @@ def test_bundled_heads_are_found_and_metric_matches_package(isolated_env, monkey
 def test_metric_loads_weights_from_env_paths(alex_files):
     backbone, lin = alex_files
     metric = LPIPSMetric()  # default net: alex
-    assert metric.weight_files == {"backbone": str(backbone), "lin": str(lin)}
+    import hashlib
+    assert metric.weight_files == {"backbone": str(backbone), "lin": str(lin),
+                                   "backbone_sha256": hashlib.sha256(backbone.read_bytes()).hexdigest(),
+                                   "lin_sha256": hashlib.sha256(lin.read_bytes()).hexdigest()}
     a, b = random_images(6, 64, 48, seed=0), random_images(6, 64, 48, seed=1)
     values = metric.update(Batch([str(i) for i in range(6)], a, b))["lpips"]
     assert values.shape == (6,) and torch.isfinite(values).all() and (values > 0).all()

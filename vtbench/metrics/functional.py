@@ -72,11 +72,18 @@ def _blur_valid(maps: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     Only outputs whose whole window lies inside the image are kept, which is exactly the region SSIM averages
     over (skimage crops ``(win - 1) // 2`` pixels from each border); so the border mode never matters.
     """
-    k = maps.shape[1]
-    horizontal = taps.view(1, 1, 1, -1).expand(k, 1, 1, taps.numel())
-    vertical = taps.view(1, 1, -1, 1).expand(k, 1, taps.numel(), 1)
-    maps = F.conv2d(maps, vertical, groups=k)  # rows first, as scipy.ndimage filters axis 0 then axis 1
-    return F.conv2d(maps, horizontal, groups=k)
+    # Shift-and-add per axis: float64 depthwise convolution has no fast CPU kernel, this is ~10x faster and
+    # exact to rounding.
+    r = taps.numel()
+    rows = maps.shape[-2] - r + 1
+    out = taps[0] * maps[..., 0:rows, :]
+    for i in range(1, r):  # rows first, as scipy.ndimage filters axis 0 then axis 1
+        out = out + taps[i] * maps[..., i:i + rows, :]
+    cols = maps.shape[-1] - r + 1
+    res = taps[0] * out[..., 0:cols]
+    for i in range(1, r):
+        res = res + taps[i] * out[..., i:i + cols]
+    return res
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float, *, sigma: float = 1.5, truncate: float = 3.5,
@@ -89,7 +96,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float, *, sigma: float = 
     Equals, per image, ``skimage.metrics.structural_similarity(a_i, b_i, gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False, data_range=data_range, channel_axis=0)``: Gaussian-weighted local means,
     population variances and covariance; the SSIM map averaged over the pixels at least ``(win - 1) // 2``
-    from every border, per channel, then over channels. Computed in float64 with a grouped convolution.
+    from every border, per channel, then over channels. Computed in float64 with a separable blur.
 
     Returns float64 ``(N,)`` on the inputs' device, in ``[-1, 1]`` (1 for identical images).
     """
@@ -102,7 +109,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float, *, sigma: float = 
     x = a.to(torch.float64)
     y = b.to(torch.float64)
     taps = gaussian_kernel1d(sigma, truncate, device=x.device)
-    # one grouped convolution for all five local moments
+    # one blur for all five local moments
     moments = _blur_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1), taps)
     mu_x, mu_y, e_xx, e_yy, e_xy = moments.split(c, dim=1)
     var_x = e_xx - mu_x * mu_x

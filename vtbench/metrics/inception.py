@@ -176,7 +176,7 @@ def _missing_message(candidates: list[tuple[str, Path]]) -> str:
 def load_inception(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> InceptionExtractor:
     """Resolve, load and cache (per file and device) the FID Inception. Raises ``MetricUnavailable`` when no
     weights file exists or the file is not a recognised Inception module."""
-    from vtbench.tokenizers.weights import sha256sum
+    from vtbench.hashing import sha256sum
 
     candidates = weight_candidates(path)
     found = next(((src, p) for src, p in candidates if p.is_file()), None)

@@ -237,7 +237,9 @@ class LPIPSMetric(Metric):
         backbone_file, lin_file = resolve_lpips_weights(net, backbone_path, lin_path)
         self.model = build_lpips(net, load_weights_file(backbone_file), load_weights_file(lin_file))
         self.net = net
-        self.weight_files = {"backbone": str(backbone_file), "lin": str(lin_file)}
+        from vtbench.hashing import sha256sum
+        self.weight_files = {"backbone": str(backbone_file), "lin": str(lin_file),
+                             "backbone_sha256": sha256sum(backbone_file), "lin_sha256": sha256sum(lin_file)}
         self.chunk = max(1, int(chunk))  # images per forward pass; bounds activation memory
         self.add_state("lpips_sum", torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("n_images", torch.zeros((), dtype=torch.int64), "sum")

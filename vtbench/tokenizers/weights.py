@@ -8,7 +8,6 @@ weights_only=True)``; anything that needs arbitrary unpickling is refused unless
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
-from vtbench.paths import cache_dir
+from vtbench.hashing import sha256sum  # noqa: F401  (re-exported: adapters hash their weights)
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -29,26 +28,6 @@ class UntrustedCheckpointError(RuntimeError):
 
 class WeightsMismatchError(RuntimeError):
     """The file's state dict does not fit the architecture (missing/unexpected keys or shapes)."""
-
-
-def sha256sum(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file, cached by (path, size, mtime) so large checkpoints are hashed once."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
-    memo = cache_dir() / "sha256" / f"{key}.txt"
-    if memo.exists():
-        return memo.read_text().strip()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    digest = h.hexdigest()
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(digest)
-    os.replace(tmp, memo)
-    return digest
 
 
 def _hub_allowed() -> bool:
