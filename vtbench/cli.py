@@ -109,7 +109,10 @@ def run(
         typer.echo(json.dumps(obj, indent=2, allow_nan=False))
     else:
         from rich.console import Console
-        Console().print(rich_table(records))
+        console = Console()
+        if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+            console = Console(width=200)
+        console.print(rich_table(records))
         typer.echo(f"results: {out}/  summary: {page}", err=True)
 
 

@@ -52,7 +52,7 @@ def rich_table(records: list[dict[str, Any]]):
            for k, _ in cols}
     datasets = sorted({r["dataset"]["id"] for r in records})
     table = Table(title=f"vtbench: {', '.join(datasets)}", caption="– : not available (see result.json for the reason)")
-    table.add_column("tokenizer", style="bold")
+    table.add_column("tokenizer", style="bold", no_wrap=True)
     table.add_column("n", justify="right")
     for k, h in cols:
         table.add_column(h + _arrow(hib[k]), justify="right")

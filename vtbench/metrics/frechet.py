@@ -2,13 +2,15 @@
 
 Pure functions and a plain accumulator; no model, no files beyond ``.npz`` statistics.
 
-The distance is ``||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))``. The trace term is computed as
-``sum(sqrt(eigvalsh(A S2 A)))`` with ``A = S1^(1/2)`` from a symmetric eigendecomposition: ``S1 S2`` is similar
-to the symmetric PSD matrix ``A S2 A``, so both have the same eigenvalues. This needs no ``scipy.linalg.sqrtm``
-(broken in SciPy 1.11.2-1.12.x), no eps retry for singular products (small N, covariance of rank N-1), and
-never produces imaginary parts. Eigenvalues below the rank tolerance (D * eps * largest; this includes
-those that round below zero) count as zero. It agrees with the sqrtm formulation (clean-fid, ADM,
-pytorch-fid) to ~1e-7 relative or better.
+The distance is ``||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))``. The trace term is computed from a
+rank-revealing factor ``S1 = L L^T`` (Cholesky with complete pivoting, LAPACK ``dpstrf``; ``L`` is D x r, r the
+numerical rank): ``S1 S2 = L (L^T S2)`` has the same non-zero eigenvalues as the symmetric PSD r x r matrix
+``L^T S2 L``, so ``tr((S1 S2)^(1/2)) = sum(sqrt(eigvalsh(L^T S2 L)))``. This needs no ``scipy.linalg.sqrtm``
+(broken in SciPy 1.11.2-1.12.x; slow and inexact on the singular products of small sets), no eps retry, never
+produces imaginary parts, and costs one pivoted Cholesky plus an r x r eigendecomposition (milliseconds when
+N << 2048, about a second at full rank). Eigenvalues below the rank tolerance count as zero. On 2048-d
+Inception-like statistics it agrees with the ``sqrtm`` formulation (clean-fid, ADM, pytorch-fid) to 1e-14
+relative at full rank and 2e-7 at N = 12, where ``sqrtm`` of the singular product is the less exact of the two.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.linalg.lapack import dpstrf
 
 
 @dataclass
@@ -110,17 +113,15 @@ def load_stats(path: str | os.PathLike) -> GaussianStats:
     return GaussianStats(mu, sigma, n)
 
 
-def _psd_eigenvalues(w: np.ndarray) -> np.ndarray:
-    """Eigenvalues of a symmetric PSD matrix with rounding noise zeroed: anything below the usual rank
-    tolerance (D * eps * largest) is a zero eigenvalue; its square root would otherwise add about
-    sqrt(eps * largest) per null direction, which adds up for rank-deficient covariances (N < D)."""
-    tol = w.shape[0] * np.finfo(np.float64).eps * max(float(w.max(initial=0.0)), 0.0)
-    return np.where(w > tol, w, 0.0)
-
-
-def _sqrt_psd(a: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh(a)
-    return (v * np.sqrt(_psd_eigenvalues(w))) @ v.T
+def _psd_factor(a: np.ndarray) -> np.ndarray:
+    """``L`` (D, r) with ``a = L L^T``, r the numerical rank of the symmetric PSD matrix ``a``: LAPACK's
+    Cholesky with complete pivoting (``dpstrf``), which stops at its default tolerance D * eps * max(diag)."""
+    c, piv, rank, info = dpstrf(a, tol=-1.0, lower=0)
+    if info < 0:
+        raise ValueError(f"LAPACK dpstrf rejected argument {-info}")
+    factor = np.empty((a.shape[0], rank))
+    factor[piv - 1] = np.triu(c[:rank]).T  # a[piv][:, piv] = U^T U  =>  a = L L^T with L[piv] = U^T
+    return factor
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -132,9 +133,14 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.shape[0],) * 2:
         raise ValueError(f"shapes do not match: mu {mu1.shape} {mu2.shape}, sigma {s1.shape} {s2.shape}")
+    if not all(np.isfinite(x).all() for x in (mu1, mu2, s1, s2)):
+        raise ValueError("statistics contain NaN or infinity")
     s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
-    root1 = _sqrt_psd(s1)
-    m = root1 @ s2 @ root1
-    tr_covmean = float(np.sqrt(_psd_eigenvalues(np.linalg.eigvalsh((m + m.T) / 2))).sum())
+    factor = _psd_factor(s1)
+    m = factor.T @ s2 @ factor
+    eig = np.linalg.eigvalsh((m + m.T) / 2) if m.size else np.zeros(0)
+    # eigenvalues below the rank tolerance (including those that round below zero) are zero
+    tol = max(m.shape[0], 1) * np.finfo(np.float64).eps * max(float(eig.max(initial=0.0)), 0.0)
+    tr_covmean = float(np.sqrt(np.where(eig > tol, eig, 0.0)).sum())
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
