@@ -10,6 +10,7 @@ import torch
 
 from vtbench.tokenizers.quantizers import FSQ, ResidualVQ, VectorQuantizer, nearest_code
 from vtbench.tokenizers.tiny import TinyAutoencoder, TinyTokenizer
+from vtbench.tokenizers.tiny_train import read_metadata
 from vtbench.tokenizers.weights import WeightsMismatchError, sha256sum
 from vtbench.config import get_card  # after vtbench.tokenizers (import order of the package)
 
@@ -151,6 +152,8 @@ def test_card_declares_the_bundled_file_and_its_sha256(variant):
     assert tok.weights_path.name == card.weights["file"]
     assert tok.weights_sha256 == card.weights["sha256"] == sha256sum(tok.weights_path)
     assert tok.weights_path.stat().st_size < 5 * 2**20
+    meta = read_metadata(tok.weights_path)  # the training record agrees with the card's architecture
+    assert meta["kind"] == variant and meta["params"] == {"kind": variant, **card.params}
     assert not tok.model.training
 
 
@@ -208,8 +211,6 @@ def test_strict_loading_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("variant", ["vq", "rvq", "fsq"])
 def test_training_smoke_writes_a_loadable_checkpoint(tmp_path, variant):
-    from safetensors import safe_open
-
     from vtbench.tokenizers.tiny_train import train
 
     card = get_card(f"tiny.{variant}")
@@ -217,9 +218,9 @@ def test_training_smoke_writes_a_loadable_checkpoint(tmp_path, variant):
     data = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(1))
     summary = train(variant, out=out, steps=3, seed=0, images=data, batch_size=2, patch=32, log_every=0)
     assert summary["steps"] == 3 and math.isfinite(summary["final_rec_mse"])
-    with safe_open(str(out), "pt") as f:
-        meta = f.metadata()
-    assert meta["kind"] == variant and meta["steps"] == "3" and meta["seed"] == "0"
+    meta = read_metadata(out)
+    assert meta["kind"] == variant and meta["steps"] == 3 and meta["seed"] == 0
+    assert meta["params"] == {"kind": variant, **card.params}
     tok = TinyTokenizer.from_card(card, weights=out)
     assert tok.weights_path == out
     assert tok.encode(torch.rand(1, 3, 16, 24)).codes.shape[:3] == (1, 2, 3)

@@ -209,17 +209,34 @@ def _train(kind: str, *, out, steps, seed, params, images, batch_size, patch, lr
     return summary
 
 
+METADATA_KEY = "vtbench_tiny"
+
+
 def save(model: TinyAutoencoder, out: str | Path, meta: Mapping[str, Any]) -> Path:
-    """fp32 state dict to safetensors; metadata values are strings (JSON for non-strings)."""
+    """fp32 state dict to safetensors, ``meta`` as one sorted JSON string under ``METADATA_KEY``.
+
+    One key, because safetensors writes the metadata table in hash-map order: with several keys the same
+    training run would give files with different bytes (and sha256).
+    """
     from safetensors.torch import save_file
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
-    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
-    save_file(state, str(out), metadata=metadata)
+    save_file(state, str(out), metadata={METADATA_KEY: json.dumps(dict(meta), sort_keys=True)})
     log(f"tiny_train: wrote {out} ({out.stat().st_size} bytes)")
     return out
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The training record ``save`` stored in a tiny checkpoint (kind, steps, seed, losses, params, ...)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        raw = (f.metadata() or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ValueError(f"{path}: no {METADATA_KEY!r} metadata (not written by vtbench.tokenizers.tiny_train)")
+    return json.loads(raw)
 
 
 def main(argv: list[str] | None = None) -> int:
