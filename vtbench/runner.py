@@ -35,6 +35,7 @@ from vtbench.tokenizers import Tokenizer, build_tokenizer
 log = logging.getLogger("vtbench")
 
 PROGRESS_FILE = "progress.pt"
+_WARNED: set[str] = set()
 
 
 class NonFiniteOutputError(RuntimeError):
@@ -98,7 +99,9 @@ def build_metrics(names: list[str], device: torch.device, reference_key: str) ->
             built[name] = cls(**kwargs.get(name, {}))
         except MetricUnavailable as exc:
             unavailable[name] = exc.reason
-            log.warning("metric %s unavailable: %s", name, exc.reason)
+            if exc.reason not in _WARNED:  # once per process, not once per tokenizer
+                _WARNED.add(exc.reason)
+                log.warning("metric %s unavailable (null in results): %s", name, exc.reason)
     return built, unavailable
 
 

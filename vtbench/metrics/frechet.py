@@ -143,4 +143,5 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     tol = max(m.shape[0], 1) * np.finfo(np.float64).eps * max(float(eig.max(initial=0.0)), 0.0)
     tr_covmean = float(np.sqrt(np.where(eig > tol, eig, 0.0)).sum())
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+    # The distance is >= 0; identical statistics can round to about -1e-13, which is reported as 0.
+    return max(0.0, float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean))

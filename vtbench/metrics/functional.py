@@ -75,14 +75,15 @@ def _blur_valid(maps: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     # Shift-and-add per axis: float64 depthwise convolution has no fast CPU kernel, this is ~10x faster and
     # exact to rounding.
     r = taps.numel()
+    w = taps.tolist()
     rows = maps.shape[-2] - r + 1
-    out = taps[0] * maps[..., 0:rows, :]
+    out = maps[..., 0:rows, :] * w[0]
     for i in range(1, r):  # rows first, as scipy.ndimage filters axis 0 then axis 1
-        out = out + taps[i] * maps[..., i:i + rows, :]
+        out.add_(maps[..., i:i + rows, :], alpha=w[i])
     cols = maps.shape[-1] - r + 1
-    res = taps[0] * out[..., 0:cols]
+    res = out[..., 0:cols] * w[0]
     for i in range(1, r):
-        res = res + taps[i] * out[..., i:i + cols]
+        res.add_(out[..., i:i + cols], alpha=w[i])
     return res
 
 
