@@ -44,10 +44,19 @@ def test_result_record_and_samples(image_folder, tmp_path):
 
 
 def test_batch_size_independence(image_folder, tmp_path):
-    a = _values(run(["tiny.vq"], _cfg(image_folder, tmp_path / "a", batch_size=1, metrics=["psnr", "ssim", "compression"]))[0])
-    b = _values(run(["tiny.vq"], _cfg(image_folder, tmp_path / "b", batch_size=8, metrics=["psnr", "ssim", "compression"]))[0])
+    metrics = ["psnr", "ssim", "compression"]
+    # A codec works image by image: batch sizes 1 and 8 agree to float64 summation order.
+    a = _values(run(["jpeg.q50"], _cfg(image_folder, tmp_path / "a", batch_size=1, metrics=metrics))[0])
+    b = _values(run(["jpeg.q50"], _cfg(image_folder, tmp_path / "b", batch_size=8, metrics=metrics))[0])
+    assert a.keys() == b.keys()
     for k in a:
-        assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), k
+        assert a[k] == pytest.approx(b[k], rel=1e-12, abs=0), k
+    # A learned tokenizer: float32 convolution kernels differ by batch size at rounding level, which can flip a
+    # rare 8-bit pixel after quantisation; the metrics themselves add no batch dependence.
+    a = _values(run(["tiny.vq"], _cfg(image_folder, tmp_path / "c", batch_size=1, metrics=metrics))[0])
+    b = _values(run(["tiny.vq"], _cfg(image_folder, tmp_path / "d", batch_size=8, metrics=metrics))[0])
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-9), k
 
 
 def test_resume_after_interruption_matches_uninterrupted(image_folder, tmp_path):
