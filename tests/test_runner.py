@@ -50,7 +50,7 @@ def test_batch_size_independence(image_folder, tmp_path):
     b = _values(run(["jpeg.q50"], _cfg(image_folder, tmp_path / "b", batch_size=8, metrics=metrics))[0])
     assert a.keys() == b.keys()
     for k in a:
-        assert a[k] == pytest.approx(b[k], rel=1e-12, abs=0), k
+        assert a[k] == b[k] if b[k] is None else a[k] == pytest.approx(b[k], rel=1e-12, abs=0), k
     # A learned tokenizer: float32 convolution kernels differ by batch size at rounding level, which can flip a
     # rare 8-bit pixel after quantisation; the metrics themselves add no batch dependence.
     a = _values(run(["tiny.vq"], _cfg(image_folder, tmp_path / "c", batch_size=1, metrics=metrics))[0])
