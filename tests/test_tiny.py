@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
+from vtbench.config import get_card
 from vtbench.tokenizers.quantizers import FSQ, ResidualVQ, VectorQuantizer, nearest_code
 from vtbench.tokenizers.tiny import TinyAutoencoder, TinyTokenizer
 from vtbench.tokenizers.tiny_train import read_metadata
 from vtbench.tokenizers.weights import WeightsMismatchError, sha256sum
-from vtbench.config import get_card  # after vtbench.tokenizers (import order of the package)
 
 VARIANTS = ("vq", "rvq", "fsq")
 
