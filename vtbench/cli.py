@@ -208,9 +208,10 @@ def info(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
             typer.echo(f"{k:14s} {v}")
 
 
-@app.command("train-tiny", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command("train-tiny", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train_tiny(ctx: typer.Context) -> None:
-    """Train one of the tiny learned tokenizers (see `vtbench train-tiny --help`)."""
+    """Train one of the tiny learned tokenizers (arguments: see `vtbench train-tiny --help`)."""
     from vtbench.tokenizers.tiny_train import main
     sys.exit(main(list(ctx.args)))
 

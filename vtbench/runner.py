@@ -225,7 +225,7 @@ class TokenizerRun:
             which = [i for i, b in zip(ids, bad.tolist()) if b]
             raise NonFiniteOutputError(f"{self.tok.name} produced NaN/Inf pixels for {which[:5]}; "
                                        f"results so far are kept in {self.dir / PROGRESS_FILE}")
-        recon = torch.stack([_quantise(self.policy.from_model(r.float().cpu(), c)) for r, c in zip(rec, ctxs)])
+        recon = torch.stack([_quantise(self.policy.from_model(r.float(), c)) for r, c in zip(rec, ctxs)])
         orig = torch.stack(originals)
         batch = Batch(ids=ids, original=orig.to(self.device), reconstruction=recon.to(self.device), tokens=tokens,
                       encode_seconds=t1 - t0, decode_seconds=t2 - t1)
@@ -335,6 +335,9 @@ class TokenizerRun:
 def run(tokenizers: list[str], cfg: RunConfig,
         on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Evaluate each tokenizer on ``cfg.data``; returns the RunResult records (existing complete ones reused)."""
+    from vtbench.config import get_card
+    for name in tokenizers:  # unknown names fail before any data is read
+        get_card(name)
     device = resolve_device(cfg.device)
     protocol = load_protocol(cfg.protocol)
     policy = get_policy(cfg.preprocess or protocol.get("preprocessing.policy", "native"),
