@@ -39,6 +39,11 @@ def test_result_record_and_samples(image_folder, tmp_path):
     samples = pd.read_csv(run_dir / "samples.csv")
     assert len(samples) == 8 and math.isclose(samples["psnr"].mean(), v["psnr"], rel_tol=1e-9)
     assert not (run_dir / "progress.pt").exists()
+    thumbs = rec["thumbnails"]
+    assert len(thumbs) == 6 and len({t["id"] for t in thumbs}) == 6
+    for t in thumbs:
+        o, r = Image.open(run_dir / t["original"]), Image.open(run_dir / t["reconstruction"])
+        assert o.size == r.size == (64, 64)
     df = results.load(tmp_path)
     assert set(df["metric"]) >= {"psnr", "ssim", "bpp"} and (df["tokenizer"] == "jpeg.q50").all()
 

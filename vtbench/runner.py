@@ -35,6 +35,7 @@ from vtbench.tokenizers import Tokenizer, build_tokenizer
 log = logging.getLogger("vtbench")
 
 PROGRESS_FILE = "progress.pt"
+THUMBS_DIR = "thumbs"
 _WARNED: set[str] = set()
 
 
@@ -62,6 +63,7 @@ class RunConfig:
     trust_checkpoint: bool = False
     workers: int = 0
     checkpoint_every: int = 4  # batches between progress checkpoints
+    thumbnails: int = 6  # originals + reconstructions kept in the run directory for the leaderboard
     progress: bool = True
     stop_after_batches: int | None = None  # for tests: simulate an interruption
     extra: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +109,15 @@ def build_metrics(names: list[str], device: torch.device, reference_key: str) ->
 
 def fingerprint(*parts: Any) -> str:
     return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def thumbnail_ids(ids: list[str], k: int) -> set[str]:
+    """``k`` ids spread evenly over the dataset order (the embedded set: detail, photos and text alike)."""
+    if k <= 0 or not ids:
+        return set()
+    if k >= len(ids):
+        return set(ids)
+    return {ids[round(i * (len(ids) - 1) / (k - 1))] if k > 1 else ids[0] for i in range(k)}
 
 
 def _quantise(x: torch.Tensor) -> torch.Tensor:
@@ -160,6 +171,7 @@ class TokenizerRun:
         self.rows: list[dict[str, Any]] = []
         self.skipped: list[dict[str, str]] = []
         self.timings = {"encode_s": 0.0, "decode_s": 0.0, "metrics_s": 0.0}
+        self.thumb_ids = thumbnail_ids(dataset.ids, cfg.thumbnails)
 
     # -- resume -----------------------------------------------------------------------------------
     def completed(self) -> dict[str, Any] | None:
@@ -243,6 +255,20 @@ class TokenizerRun:
         self.done.update(ids)
         if self.cfg.save_reconstructions:
             self._save_pngs(ids, recon)
+        for i, sid in enumerate(ids):
+            if sid in self.thumb_ids:
+                for kind, img in (("orig", orig[i]), ("recon", recon[i])):
+                    path = self.dir / THUMBS_DIR / f"{slug(sid)}.{kind}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(img.permute(1, 2, 0).cpu().numpy(), "RGB").save(path)
+
+    def _thumbnails(self) -> list[dict[str, str]]:
+        out = []
+        for sid in sorted(self.thumb_ids):
+            rel = {k: f"{THUMBS_DIR}/{slug(sid)}.{k}.png" for k in ("orig", "recon")}
+            if all((self.dir / p).is_file() for p in rel.values()):
+                out.append({"id": sid, "original": rel["orig"], "reconstruction": rel["recon"]})
+        return out
 
     def _save_pngs(self, ids: list[str], recon: torch.Tensor) -> None:
         root = Path(self.cfg.save_reconstructions) / slug(self.tok.name)
@@ -321,6 +347,7 @@ class TokenizerRun:
             protocol={"name": self.protocol.name, "version": self.protocol.version, "task": self.protocol.task},
             metrics={k: v.to_dict() for k, v in values.items()},
             timings=self.timings,
+            thumbnails=self._thumbnails(),
             run={"fingerprint": self.fingerprint, "batch_size": self.cfg.batch_size, "seed": self.cfg.seed,
                  "metrics_selected": self.metric_names},
         )
