@@ -143,6 +143,63 @@ def fid(
         typer.echo(f"FID {res['fid']:.4f}  (n_a={res.get('n_a')}, n_b={res.get('n_b')}, extractor={res.get('extractor')})")
 
 
+_STATUS_STYLE = {"regressed": "bold red", "missing": "bold red", "incomparable": "bold magenta",
+                 "improved": "green", "new": "cyan", "info": "dim"}
+
+
+def _compare_table(report: Any):
+    from rich.table import Table
+    from rich.text import Text
+    from vtbench.report import fmt
+    table = Table(title=f"vtbench compare: {report.new} vs baseline {report.baseline}",
+                  caption=f"tolerances: {'; '.join(report.tolerance_sources) or 'none'}")
+    for col, justify in (("tokenizer", "left"), ("dataset", "left"), ("metric", "left"), ("baseline", "right"),
+                         ("new", "right"), ("Δ", "right"), ("allowed", "right"), ("status", "left"), ("note", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for r in report.rows:
+        arrow = " ↑" if r.higher_is_better is True else " ↓" if r.higher_is_better is False else ""
+        delta = "" if r.delta is None else "inf" if math.isinf(r.delta) else f"{r.delta:+.4g}"
+        cells = [r.tokenizer, r.dataset, (r.metric or "(result)") + arrow, fmt(r.baseline), fmt(r.new), delta,
+                 "" if r.tolerance is None else f"{r.tolerance:.4g}", r.status, r.note]
+        style = _STATUS_STYLE.get(r.status) if r.status != "missing" or not report.allow_missing else "cyan"
+        table.add_row(*[Text(str(c)) for c in cells], style=style)  # Text: names from files are not markup
+    return table
+
+
+@app.command()
+def compare(
+    new: Path = typer.Argument(..., help="New results: a results directory or one result.json."),
+    baseline: Path = typer.Argument(..., help="Baseline results: a results directory or one result.json."),
+    tolerances: Optional[Path] = typer.Option(None, "--tolerances", help="TOML tolerances merged over metrics/compare.toml."),
+    abs_tol: Optional[list[str]] = typer.Option(None, "--abs", help="METRIC=VALUE absolute tolerance (repeatable)."),
+    rel_tol: Optional[list[str]] = typer.Option(None, "--rel", help="METRIC=VALUE tolerance relative to |baseline| (repeatable)."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here (for CI test reports)."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Baseline entries absent from NEW do not fail."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Regression gate: exit 0 if nothing regressed, 1 on a regression, 2 if the inputs cannot be compared."""
+    from vtbench.compare import (CompareInputError, Report, compare as compare_results, load_tolerances,
+                                 parse_overrides, write_junit)
+    try:
+        tols = load_tolerances(tolerances, parse_overrides(abs_tol, "--abs"), parse_overrides(rel_tol, "--rel"))
+        report = compare_results(new, baseline, tols, allow_missing=allow_missing)
+    except CompareInputError as exc:
+        report = Report(new=str(new), baseline=str(baseline), problems=[str(exc)], allow_missing=allow_missing)
+    if junit:
+        write_junit(report, junit)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+    else:
+        from rich.console import Console
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=200)
+        if report.rows:
+            console.print(_compare_table(report))
+        typer.echo(report.verdict)
+    raise typer.Exit(report.exit_code)
+
+
 @ls_app.command("tokenizers")
 def ls_tokenizers(pattern: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
     """Declared tokenizer variants (from tokenizers/*.toml)."""
@@ -214,6 +271,26 @@ def train_tiny(ctx: typer.Context) -> None:
     """Train one of the tiny learned tokenizers (arguments: see `vtbench train-tiny --help`)."""
     from vtbench.tokenizers.tiny_train import main
     sys.exit(main(list(ctx.args)))
+
+
+leaderboard_app = typer.Typer(help="The static leaderboard site built from result records.")
+app.add_typer(leaderboard_app, name="leaderboard")
+
+
+@leaderboard_app.command("build")
+def leaderboard_build(
+    results: list[Path] = typer.Argument(..., help="Result folders (searched for result.json) or result files."),
+    out: Path = typer.Option(Path("site"), "--out", "-o", help="Site folder (created; an earlier build is replaced)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Build a self-contained static site (index.html + assets, opens from disk) and print index.html's path."""
+    _setup_logging(verbose, not verbose)
+    from vtbench.leaderboard import build_site
+    try:
+        index = build_site(results, out)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(str(index))
 
 
 def main() -> None:  # console-script entry point
