@@ -1,7 +1,7 @@
 """examples/ci end to end: the workflow's own `vtbench run` / `vtbench compare` lines on the embedded data.
 
 The committed checkpoint must pass against the committed baseline; an honestly worse checkpoint (the same tiny
-VQ trained for 100 steps instead of 2000: an early checkpoint, not a doctored file) must be caught.
+VQ trained for 60 steps instead of 2000: an early checkpoint, not a doctored file) must be caught.
 """
 
 import json
@@ -75,8 +75,8 @@ def test_unchanged_checkpoint_passes(tmp_path):
 
 def test_worse_checkpoint_is_caught(tmp_path):
     from vtbench.tokenizers.tiny_train import train
-    worse = tmp_path / "tiny_vq_step100.safetensors"
-    train(kind="vq", steps=100, seed=0, out=worse, log_every=0)
+    worse = tmp_path / "tiny_vq_step60.safetensors"
+    train(kind="vq", steps=60, seed=0, out=worse, log_every=0)
     r, report, junit = gate(tmp_path, worse)
     assert r.exit_code == 1, report["verdict"]
     rows = {x["metric"]: x for x in report["rows"]}

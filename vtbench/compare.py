@@ -99,7 +99,8 @@ def _tolerance_fields(doc: Any, where: str, allow_direction: bool = True) -> dic
             raise CompareInputError(f"{where}: unknown key {k!r} (allowed: {', '.join(allowed)})")
         if k == "direction":
             if v not in _DIRECTIONS:
-                raise CompareInputError(f"{where}.direction: {v!r}; expected one of {', '.join(map(repr, _DIRECTIONS))}")
+                raise CompareInputError(f"{where}.direction: {v!r}; "
+                                        f"expected one of {', '.join(map(repr, _DIRECTIONS))}")
             out[k] = v
         else:
             out[k] = _number(v, f"{where}.{k}")
@@ -188,10 +189,6 @@ class Row:
     unit: str = ""
     note: str = ""
 
-    @property
-    def gated(self) -> bool:
-        return self.metric is not None and self.higher_is_better is not None
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for k in ("baseline", "new", "delta", "tolerance"):  # JSON has no NaN / inf
@@ -252,7 +249,8 @@ class Report:
         extra += [f"{self.count('info')} informational"] if self.count("info") else []
         extra += [f"{self.count('new')} new"] if self.count("new") else []
         extra += [f"{self.count('missing')} missing (allowed)"] if self.count("missing") else []
-        return f"PASS: {gated} gated metric{'s' * (gated != 1)} within tolerance" + (f" ({', '.join(extra)})" if extra else "")
+        tail = f" ({', '.join(extra)})" if extra else ""
+        return f"PASS: {gated} gated metric{'s' * (gated != 1)} within tolerance{tail}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "exit_code": self.exit_code, "new": self.new, "baseline": self.baseline,
@@ -265,7 +263,8 @@ class Report:
 def _describe_failure(r: Row) -> str:
     where = f"{r.tokenizer} on {r.dataset}" + (f" {r.metric}" if r.metric else "")
     if r.status == "regressed" and r.delta is not None and math.isfinite(r.delta):
-        return f"{where} {fmt(r.baseline)} -> {fmt(r.new)} ({r.delta:+.4g}{' ' + r.unit if r.unit else ''}, allowed {r.tolerance:.4g})"
+        unit = f" {r.unit}" if r.unit else ""
+        return f"{where} {fmt(r.baseline)} -> {fmt(r.new)} ({r.delta:+.4g}{unit}, allowed {r.tolerance:.4g})"
     return f"{where}: {r.note or r.status}"
 
 
@@ -279,6 +278,10 @@ def _value(m: Mapping[str, Any] | None) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return math.nan  # a malformed value never compares as fine
     return float(v)
+
+
+def _reason(m: Mapping[str, Any] | None) -> str:
+    return (m or {}).get("reason") or "no reason recorded"
 
 
 def compare_metric(tokenizer: str, dataset: str, metric: str, base: Mapping[str, Any] | None,
@@ -300,30 +303,30 @@ def compare_metric(tokenizer: str, dataset: str, metric: str, base: Mapping[str,
         row.delta = n - b
     elif b is not None and n is not None and b == n:
         row.delta = 0.0  # equal infinities
-    reason = lambda m: (m or {}).get("reason") or "no reason recorded"  # noqa: E731
     if hib is None:
         why = "direction = none in tolerances" if tol.direction == "none" else "no direction"
-        row.note = f"informational ({why})" + ("; absent from new results" if new is None else "") + \
-                   (f"; new: {reason(new)}" if new is not None and n is None else "")
+        row.note = (f"informational ({why})" + ("; absent from new results" if new is None else "")
+                    + (f"; new: {_reason(new)}" if new is not None and n is None else ""))
         return row
     if base is None:
         row.status, row.note = "new", "not in the baseline"
         return row
     if b is None and n is None:  # nothing was gated (includes: null in the baseline, absent from NEW)
-        row.note = f"skipped: no value on either side ({reason(new if new is not None else base)})"
+        row.note = f"skipped: no value on either side ({_reason(new if new is not None else base)})"
         return row
     if new is None:
         row.status, row.note = "missing", "not in the new results (was it dropped from --metrics?)"
         return row
     if b is None:
-        row.status, row.note = "new", f"baseline had no value ({reason(base)}); not gated"
+        row.status, row.note = "new", f"baseline had no value ({_reason(base)}); not gated"
         return row
     if n is None:
-        row.status, row.note = "regressed", f"metric became unavailable: {reason(new)}"
+        row.status, row.note = "regressed", f"metric became unavailable: {_reason(new)}"
         return row
     if math.isnan(b) or math.isnan(n):
         row.status = "regressed"
-        row.note = "new value is not a number" if math.isnan(n) else "baseline value is not a number: regenerate the baseline"
+        row.note = ("new value is not a number" if math.isnan(n)
+                    else "baseline value is not a number: regenerate the baseline")
         return row
     row.tolerance = allowed = tol.allowed(b)
     if b == n:
@@ -352,10 +355,11 @@ def incomparable_reasons(base: Mapping[str, Any], new: Mapping[str, Any]) -> lis
     bp, np_ = base.get("protocol") or {}, new.get("protocol") or {}
     if (bp.get("name"), str(bp.get("version"))) != (np_.get("name"), str(np_.get("version"))):
         reasons.append(f"protocol differs: new {np_.get('name')}@{np_.get('version')}, "
-                       f"baseline {bp.get('name')}@{bp.get('version')} (regenerate the baseline under the new protocol)")
+                       f"baseline {bp.get('name')}@{bp.get('version')} "
+                       "(regenerate the baseline under the new protocol)")
     bd, nd = base.get("dataset") or {}, new.get("dataset") or {}
-    for key, label in (("revision", "dataset revision"), ("split", "split"), ("selection", "subset selection (--limit/--seed)"),
-                       ("n_used", "images used")):
+    for key, label in (("revision", "dataset revision"), ("split", "split"),
+                       ("selection", "subset selection (--limit/--seed)"), ("n_used", "images used")):
         if bd.get(key) != nd.get(key):
             reasons.append(f"{label} differs: new {nd.get(key)!r}, baseline {bd.get(key)!r}")
     if _policy(bd) != _policy(nd):
@@ -404,7 +408,8 @@ def compare_records(new: Iterable[tuple[Any, Mapping[str, Any]]], baseline: Iter
                     (nrec or {}).get("tokenizer", {}).get("weights_sha256"))
         report.pairs.append(pair)
         if nrec is None:
-            report.rows.append(Row(tok, ds, None, "missing", note=f"in the baseline ({bpath}) but not in the new results"))
+            report.rows.append(Row(tok, ds, None, "missing",
+                                   note=f"in the baseline ({bpath}) but not in the new results"))
             continue
         if brec is None:
             report.rows.append(Row(tok, ds, None, "new", note="not in the baseline; not gated"))
@@ -468,7 +473,8 @@ def junit_xml(report: Report) -> ET.ElementTree:
                              name=_x(r.metric or "result"))
         summary = _x(f"{r.metric or 'result'}: baseline {fmt(r.baseline)}, new {fmt(r.new)}"
                      + (f", delta {r.delta:+.6g}" if r.delta is not None and math.isfinite(r.delta) else "")
-                     + (f", allowed {r.tolerance:.6g}" if r.tolerance is not None else "") + (f" ({r.note})" if r.note else ""))
+                     + (f", allowed {r.tolerance:.6g}" if r.tolerance is not None else "")
+                     + (f" ({r.note})" if r.note else ""))
         if r.status == "regressed" or (r.status == "missing" and not report.allow_missing):
             ET.SubElement(case, "failure", type=r.status, message=_x(_describe_failure(r))).text = summary
         elif r.status == "incomparable":

@@ -53,7 +53,7 @@ def _figure(series: list[Series], cols: list[Column], x: str, xlabel: str, salt:
     """One row of subplots (one per quality column) sharing a legend; None when there is nothing to draw."""
     import matplotlib
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     def xy(s: Series, key: str) -> tuple[list[float], list[float]]:
         pts = [(getattr(p, x), p.values[key]) for p in s.points if getattr(p, x) is not None and key in p.values]
@@ -83,7 +83,13 @@ def _figure(series: list[Series], cols: list[Column], x: str, xlabel: str, salt:
                     handles.setdefault(_label(s.label) + f"\x00{i}", h)
         for ax, col in zip(axes, cols):
             ax.set_xscale("log")
-            # plain tick labels ("0.1", "1", "10"): the default log labels are mathtext, which is off here
+            xs = [v for s in drawn for v in xy(s, col.key)[0]]
+            if xs and min(xs) == max(xs):  # one rate (e.g. every tokenizer at 1024 tokens): centre it
+                ax.set_xlim(min(xs) / 2, min(xs) * 2)
+            # plain tick labels ("0.2", "1", "10"; the default log labels are mathtext, which is off here),
+            # at 1-2-5 steps unless the axis spans many decades, so a narrow range still gets labels
+            lo, hi = ax.get_xlim()
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if hi / lo <= 1e3 else (1.0,)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(xlabel)

@@ -147,7 +147,7 @@ def sort_attr(key: float | str | None) -> str:
 def cell_html(c: Cell, text_col: bool) -> str:
     css = c.css + (("text",) if text_col else ()) + (("null",) if c.value is None and not text_col and c.text == "–" else ())
     sort = sort_attr(c.sort_key)
-    inner = f"<a href=\"{esc(c.href)}\">{c.text}</a>" if c.href else esc(c.text)
+    inner = f'<a href="{esc(c.href)}">{esc(c.text)}</a>' if c.href else esc(c.text)
     return f"<td{attrs(css=css, title=c.title)} data-sort=\"{esc(sort)}\">{inner}</td>"
 
 
