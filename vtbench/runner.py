@@ -367,6 +367,9 @@ def run(tokenizers: list[str], cfg: RunConfig,
         get_card(name)
     device = resolve_device(cfg.device)
     protocol = load_protocol(cfg.protocol)
+    if protocol.task == "compare":
+        raise ValueError(f"--protocol {cfg.protocol}: {protocol.path} holds the compare gate's tolerances, not an "
+                         f"evaluation protocol (see `vtbench ls protocols`)")
     policy = get_policy(cfg.preprocess or protocol.get("preprocessing.policy", "native"),
                         cfg.resolution or protocol.get("preprocessing.resolution"))
     dataset = open_dataset(cfg.data, policy, limit=cfg.limit, seed=cfg.seed)
