@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from vtbench.cli import app
 from vtbench.compare import (DEFAULT_TOLERANCES, CompareInputError, Tolerance, compare, compare_records,
-                             junit_xml, load_tolerances, parse_overrides, write_junit)
+                             load_tolerances, parse_overrides)
+from vtbench.junit import junit_xml, write_junit
 from vtbench.results import write_json_atomic
 
 runner = CliRunner()

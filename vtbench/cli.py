@@ -179,7 +179,8 @@ def compare(
 ) -> None:
     """Regression gate: exit 0 if nothing regressed, 1 on a regression, 2 if the inputs cannot be compared."""
     from vtbench.compare import (CompareInputError, Report, compare as compare_results, load_tolerances,
-                                 parse_overrides, write_junit)
+                                 parse_overrides)
+    from vtbench.junit import write_junit
     try:
         tols = load_tolerances(tolerances, parse_overrides(abs_tol, "--abs"), parse_overrides(rel_tol, "--rel"))
         report = compare_results(new, baseline, tols, allow_missing=allow_missing)

@@ -46,7 +46,7 @@ def safe_inline_svg(svg: str, prefix: str) -> str:
     svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}-{m.group(1)}"', svg)
     svg = re.sub(r'href="#([^"]+)"', lambda m: f'href="#{prefix}-{m.group(1)}"', svg)
     svg = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}-{m.group(1)})", svg)
-    return svg.replace("<svg ", f'<svg class="plot" role="img" ', 1)
+    return svg.replace("<svg ", '<svg class="plot" role="img" ', 1)
 
 
 def _figure(series: list[Series], cols: list[Column], x: str, xlabel: str, salt: str) -> str | None:

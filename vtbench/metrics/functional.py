@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["gaussian_kernel1d", "gaussian_window_size", "psnr", "ssim"]
 
