@@ -268,15 +268,20 @@ def to_rgb_image(arr: np.ndarray) -> Image.Image:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def make_photos(w: Writer) -> None:
+def save_skimage_crops(w: Writer, crops, category: str) -> None:
+    """Crop, resize and save scikit-image sources (``crops``: (name, source key, box, note)) under ``category``."""
     cache: dict[str, Image.Image] = {}
-    for name, key, box, note in PHOTO_CROPS:
+    for name, key, box, note in crops:
         if key not in cache:
             cache[key] = load_skimage_source(key)
         img, desc = crop_resize(cache[key], box)
         meta = SKIMAGE_SOURCES[key]
-        w.save(img, f"photos/{name}.png", "photos", source_desc(key), meta["licence"], meta["attribution"],
+        w.save(img, f"{category}/{name}.png", category, source_desc(key), meta["licence"], meta["attribution"],
                f"{note}; {desc}")
+
+
+def make_photos(w: Writer) -> None:
+    save_skimage_crops(w, PHOTO_CROPS, "photos")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -738,14 +743,7 @@ def make_detail(w: Writer) -> None:
     for name, arr, desc in detail_patterns():
         w.save(to_rgb_image(arr), f"detail/{name}.png", "detail", "generated (numpy)", GENERATED_LICENCE,
                GENERATED_ATTRIBUTION, f"{desc}; x,y = column,row pixel index; quantised floor(255*v+0.5)")
-    cache: dict[str, Image.Image] = {}
-    for name, key, box, note in TEXTURE_CROPS:
-        if key not in cache:
-            cache[key] = load_skimage_source(key)
-        img, desc = crop_resize(cache[key], box)
-        meta = SKIMAGE_SOURCES[key]
-        w.save(img, f"detail/{name}.png", "detail", source_desc(key), meta["licence"], meta["attribution"],
-               f"{note}; {desc}")
+    save_skimage_crops(w, TEXTURE_CROPS, "detail")
 
 
 # --------------------------------------------------------------------------------------------------------------

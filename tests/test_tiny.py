@@ -12,7 +12,8 @@ from vtbench.config import get_card
 from vtbench.tokenizers.quantizers import FSQ, ResidualVQ, VectorQuantizer, nearest_code
 from vtbench.tokenizers.tiny import TinyAutoencoder, TinyTokenizer
 from vtbench.tokenizers.tiny_train import read_metadata
-from vtbench.tokenizers.weights import WeightsMismatchError, sha256sum
+from vtbench.hashing import sha256sum
+from vtbench.tokenizers.weights import WeightsMismatchError
 
 VARIANTS = ("vq", "rvq", "fsq")
 

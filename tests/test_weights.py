@@ -5,8 +5,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from vtbench.hashing import sha256sum
 from vtbench.tokenizers.weights import (MissingWeightsError, UntrustedCheckpointError, WeightsMismatchError,
-                                        load_checkpoint, load_strict, resolve_weights, sha256sum,
+                                        load_checkpoint, load_strict, resolve_weights,
                                         unwrap_state_dict)
 
 SPEC = {"file": "model.pt", "sha256": "ab" * 32, "url": "https://example.org/model.pt"}

@@ -141,10 +141,3 @@ def load_samples(root: str | Path) -> pd.DataFrame:
             frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-
-def wide(df: pd.DataFrame) -> pd.DataFrame:
-    """Tokenizers x metrics (one dataset/protocol at a time is the caller's choice)."""
-    if df.empty:
-        return df
-    return df.pivot_table(index=["dataset", "tokenizer"], columns="metric", values="value", aggfunc="first",
-                          dropna=False)

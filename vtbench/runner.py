@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -66,7 +66,6 @@ class RunConfig:
     thumbnails: int = 6  # originals + reconstructions kept in the run directory for the leaderboard
     progress: bool = True
     stop_after_batches: int | None = None  # for tests: simulate an interruption
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -26,7 +26,8 @@ from torch import nn
 
 from vtbench.tokenizers.base import Tokenizer, TokenizerCard, Tokens, code_bits
 from vtbench.tokenizers.quantizers import FSQ, ResidualVQ, VectorQuantizer
-from vtbench.tokenizers.weights import load_checkpoint, load_strict, resolve_weights, sha256sum
+from vtbench.hashing import sha256sum
+from vtbench.tokenizers.weights import load_checkpoint, load_strict, resolve_weights
 
 DOWNSAMPLE = 8
 BOTTLENECKS = ("vq", "rvq", "fsq")

@@ -15,7 +15,6 @@ from typing import Any, Mapping
 
 import torch
 
-from vtbench.hashing import sha256sum  # noqa: F401  (re-exported: adapters hash their weights)
 
 
 class MissingWeightsError(FileNotFoundError):
