@@ -8,10 +8,14 @@ weights_only=True)``; anything that needs arbitrary unpickling is refused unless
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import pickle
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -79,25 +83,135 @@ def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None,
     )
 
 
-def load_checkpoint(path: str | Path, *, trust: bool = False) -> Any:
+log = logging.getLogger(__name__)
+
+# Plain-data classes that official checkpoints pickle next to their weights (training arguments); building
+# them runs no user code, so weights-only loading accepts them.
+SAFE_EXTRA_GLOBALS: tuple[Any, ...] = (argparse.Namespace,)
+
+
+class _Inert:
+    """Stand-in for a class or function a checkpoint names but vtbench does not trust.
+
+    Calling, instantiating, ``__setstate__``, item assignment and appends only record their arguments;
+    no code of the named object runs (it is never imported).
+    """
+
+    _vtbench_global = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.args, self.kwargs, self.state, self.items = args, kwargs, None, {}
+
+    def __new__(cls, *args: Any, **kwargs: Any):  # NEWOBJ passes the arguments here too
+        return object.__new__(cls)
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+
+    def append(self, value: Any) -> None:
+        self.items[len(self.items)] = value
+
+    def extend(self, values: Iterable[Any]) -> None:
+        for v in values:
+            self.append(v)
+
+    def __repr__(self) -> str:
+        return f"<inert {self._vtbench_global}>"
+
+
+class _InertPickle:
+    """A ``pickle_module`` for ``torch.load`` whose unpickler builds only torch's weights-only allow-list
+    (tensors, storages, dtypes, containers) plus ``SAFE_EXTRA_GLOBALS``; every other global becomes an inert
+    placeholder, recorded in ``stubbed``."""
+
+    def __init__(self) -> None:
+        from torch._weights_only_unpickler import _get_allowed_globals
+        allowed = dict(_get_allowed_globals())
+        for obj in SAFE_EXTRA_GLOBALS:
+            allowed[f"{obj.__module__}.{obj.__qualname__}"] = obj
+        stubbed: set[str] = set()
+        stubs: dict[str, type] = {}
+        self.stubbed = stubbed
+        self.load = pickle.load
+        self.__name__ = "vtbench_inert_pickle"
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
+                key = f"{module}.{name}"
+                if key in allowed:
+                    return allowed[key]
+                if module.startswith("torch") and "Storage" in name:  # legacy storages are handled by torch
+                    return super().find_class(module, name)
+                stubbed.add(key)
+                if key not in stubs:
+                    stubs[key] = type(f"Inert[{key}]", (_Inert,), {"_vtbench_global": key})
+                return stubs[key]
+
+        self.Unpickler = Unpickler
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What ``load_official_checkpoint`` found: the raw object plus how it was read."""
+
+    obj: Any
+    mode: str  # "safetensors" | "weights_only" | "inert" | "trusted"
+    stubbed_globals: list[str] = field(default_factory=list)
+
+
+def load_checkpoint(path: str | Path, *, trust: bool = False, inert: bool = False) -> Any:
     """Load a checkpoint safely: safetensors, or ``torch.load(weights_only=True)``.
 
-    Files that need arbitrary unpickling raise ``UntrustedCheckpointError`` unless ``trust=True``.
+    Files that need arbitrary unpickling raise ``UntrustedCheckpointError`` unless ``trust=True``, or, with
+    ``inert=True``, load with every non-allow-listed object replaced by an inert placeholder (see
+    ``load_official_checkpoint``).
+    """
+    return load_official_checkpoint(path, trust=trust, inert=inert).obj
+
+
+def load_official_checkpoint(path: str | Path, *, trust: bool = False, inert: bool = True) -> LoadedCheckpoint:
+    """Read an official checkpoint without running code from it.
+
+    Order: safetensors; ``torch.load(weights_only=True)`` with ``SAFE_EXTRA_GLOBALS`` allowed (argparse
+    training arguments); then, for files that also pickle objects of their training framework (Lightning
+    callbacks, loss modules, configs), the inert loader when ``inert`` is true: tensors and plain containers
+    are rebuilt, every other global is replaced by a placeholder that never imports or runs it, and the names
+    are listed in ``stubbed_globals``. ``trust=True`` is the only way to run the file's own unpickling.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
+        return LoadedCheckpoint(load_file(str(path)), "safetensors")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(SAFE_EXTRA_GLOBALS)):
+            return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=True), "weights_only")
     except pickle.UnpicklingError as exc:
+        if trust:
+            return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=False), "trusted")
+        if inert:
+            mod = _InertPickle()
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=mod)
+            except Exception as exc2:  # the placeholders could not stand in: say so, do not fall back
+                raise UntrustedCheckpointError(
+                    f"{path}: the checkpoint pickles Python objects ({str(exc).splitlines()[0][:160]}) and could "
+                    f"not be read with inert placeholders ({type(exc2).__name__}: {exc2}). Only if you trust the "
+                    f"file's origin, pass --trust-checkpoint."
+                ) from None
+            stubbed = sorted(mod.stubbed)
+            if stubbed:
+                log.info("%s: read without running pickled code; inert placeholders for %s", path.name, ", ".join(stubbed))
+            return LoadedCheckpoint(obj, "inert", stubbed)
         if not trust:
             raise UntrustedCheckpointError(
                 f"{path}: this checkpoint holds pickled Python objects that weights_only loading refuses "
                 f"({str(exc).splitlines()[0][:200]}). Only if you trust the file's origin, pass "
                 f"--trust-checkpoint (or trust=True) to unpickle it."
             ) from None
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=False), "trusted")  # pragma: no cover
     except RuntimeError as exc:
         raise WeightsMismatchError(f"{path}: not a readable PyTorch checkpoint ({exc}); re-download it") from None
 
@@ -132,3 +246,81 @@ def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, s
                                    ". Check that the file is the checkpoint this card names.")
     module.load_state_dict(state, strict=True)
 
+
+
+@dataclass
+class ExtractedState:
+    """A state dict taken out of a checkpoint, with what was done to get it (recorded in provenance)."""
+
+    state: dict[str, torch.Tensor]
+    wrapper: str | None  # the wrapper key used ("ema", "model", "state_dict", ...), None for a raw dict
+    dropped: dict[str, int] = field(default_factory=dict)  # dropped prefix -> number of tensors
+
+    def summary(self) -> dict[str, Any]:
+        return {"wrapper": self.wrapper, "dropped": dict(self.dropped), "tensors": len(self.state)}
+
+
+def extract_state_dict(obj: Any, *, prefer: Iterable[str] = ("ema", "model", "state_dict", "module"),
+                       drop_prefixes: Iterable[str] = (), strip_prefixes: Iterable[str] = (),
+                       source: str = "checkpoint") -> ExtractedState:
+    """Take the weights out of an official checkpoint object.
+
+    ``prefer``: wrapper keys tried in order (nested wrappers are followed); ``drop_prefixes``: training-only
+    parts (discriminators, perceptual losses) removed and counted; ``strip_prefixes``: prefixes removed from the
+    remaining names (``module.`` from DDP, ``model.`` from wrappers). Non-tensor entries of the chosen dict
+    (counters, configs) are dropped and counted under ``<non-tensor>``.
+    """
+    prefer = tuple(prefer)
+    wrapper = None
+    cur = obj
+    while isinstance(cur, Mapping):
+        tensors = [v for v in cur.values() if isinstance(v, torch.Tensor)]
+        if tensors and len(tensors) * 2 >= len(cur):
+            break
+        for k in prefer:
+            if k in cur and isinstance(cur[k], Mapping):
+                wrapper = k if wrapper is None else f"{wrapper}/{k}"
+                cur = cur[k]
+                break
+        else:
+            keys = list(cur)[:12]
+            raise WeightsMismatchError(f"{source}: no state dict found under {prefer} (keys: {keys}); "
+                                       f"is this the checkpoint the card names?")
+    if not isinstance(cur, Mapping):
+        raise WeightsMismatchError(f"{source}: expected a dict of tensors, found {type(cur).__name__}")
+    state: dict[str, torch.Tensor] = {}
+    dropped: dict[str, int] = {}
+    drop = tuple(drop_prefixes)
+    strip = tuple(strip_prefixes)
+    for k, v in cur.items():
+        if not isinstance(v, torch.Tensor):
+            dropped["<non-tensor>"] = dropped.get("<non-tensor>", 0) + 1
+            continue
+        hit = next((p for p in drop if k.startswith(p)), None)
+        if hit is not None:
+            dropped[hit] = dropped.get(hit, 0) + 1
+            continue
+        for p in strip:
+            if k.startswith(p):
+                k = k[len(p):]
+                break
+        state[k] = v
+    if dropped:
+        log.info("%s: dropped training-only tensors %s", source, dropped)
+    return ExtractedState(state, wrapper, dropped)
+
+
+def rename_keys(state: Mapping[str, torch.Tensor], rules: Iterable[tuple[str, str | Callable[[re.Match], str]]]) -> dict[str, torch.Tensor]:
+    """Apply regex substitution ``rules`` (first match wins, anchored at the start) to every key."""
+    compiled = [(re.compile(p), r) for p, r in rules]
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        nk = k
+        for pat, rep in compiled:
+            if pat.match(k):
+                nk = pat.sub(rep, k, count=1)
+                break
+        if nk in out:
+            raise WeightsMismatchError(f"key remapping collision: {k!r} -> {nk!r}")
+        out[nk] = v
+    return out
