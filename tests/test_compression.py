@@ -77,3 +77,22 @@ def test_histogram_entropy_matches_scipy():
     from scipy.stats import entropy
     h = torch.tensor([[5.0, 0.0, 3.0, 2.0]])
     assert math.isclose(histogram_entropy(h).item(), entropy([5, 0, 3, 2], base=2), rel_tol=1e-12)
+
+
+def test_scalar_channels_and_token_views():
+    """TokenBridge-style scalar tokens: per-channel quantisers are separate groups; both token views share bits."""
+    n, h, c, bits = 2, 4, 3, 6
+    k = 2 ** bits
+    codes = torch.zeros(n, h, h, c, dtype=torch.long)
+    codes[..., 2] = torch.arange(n * h * h).reshape(n, h, h) % k  # channel 2 uses 32 levels, others one
+    tok = Tokens(kind="scalar", bits=code_bits(h * h * c, k, n), tokens_per_image=h * h * c, codes=codes,
+                 layout=("h", "w", "channel"), codebook_size=k, meta={"token_views": {"positions": h * h}})
+    m = Compression()
+    m.update(_batch(tok, n))
+    v = m.compute()
+    assert v["tokens_per_image"].value == 48 and v["bits_per_token"].value == 6.0
+    views = v["bits_per_token"].extra["views"]
+    assert views == {"positions": {"tokens_per_image": 16, "bits_per_token": 18.0}}
+    assert v["bits_per_image"].value == 48 * 6 == views["positions"]["tokens_per_image"] * views["positions"]["bits_per_token"]
+    assert v["codebook_usage"].extra["codebooks"] == 3
+    assert math.isclose(v["codebook_usage"].value, (1 / k + 1 / k + 32 / k) / 3)

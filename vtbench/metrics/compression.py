@@ -2,7 +2,10 @@
 
 Definitions (metrics/reconstruction.toml, REFERENCE.md section 3):
 - ``bits_per_image``: mean over images of the exact bits of each image's tokens (``Tokens.bits``).
-- ``tokens_per_image``: token positions per image (RVQ: one position carries ``depth`` codes).
+- ``tokens_per_image``: token positions per image (RVQ: one position carries ``depth`` codes). A tokenizer with
+  several honest ways to count its tokens (TokenBridge: 4096 scalar tokens or 256 positions) puts the others in
+  ``Tokens.meta["token_views"]`` ({view: tokens per image}); they are reported in ``extra["views"]`` with the
+  same bits per image.
 - ``bits_per_token`` = bits / tokens per image (RVQ: depth x log2 K).
 - ``bpp`` = total bits / total pixels of the originals; ``compression_ratio`` = 24 / bpp (raw 8-bit RGB).
 - ``token_entropy``: empirical entropy (bits) of the code histogram over the dataset, averaged over separate
@@ -23,10 +26,15 @@ def histogram_entropy(hist: torch.Tensor) -> torch.Tensor:
     return -(p * torch.where(p > 0, p.log2(), torch.zeros_like(p))).sum(dim=1)
 
 
+#: layout axes whose entries are coded by separate quantisers (RVQ depth; per-channel scalar quantisers)
+GROUP_AXES = ("depth", "channel")
+
+
 def code_groups(codes: torch.Tensor, layout: tuple[str, ...]) -> torch.Tensor:
-    """Codes as ``(G, M)``: one row per separate codebook (the ``depth`` axis of RVQ), else a single row."""
-    if "depth" in layout:
-        axis = 1 + layout.index("depth")
+    """Codes as ``(G, M)``: one row per separate codebook (RVQ ``depth``, scalar ``channel``), else one row."""
+    axis_name = next((a for a in GROUP_AXES if a in layout), None)
+    if axis_name is not None:
+        axis = 1 + layout.index(axis_name)
         return codes.movedim(axis, 0).reshape(codes.shape[axis], -1)
     return codes.reshape(1, -1)
 
@@ -54,6 +62,7 @@ class Compression(Metric):
         self.add_state("n_with_tokens", torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("hist", torch.zeros(0, dtype=torch.float64), "sum")  # (G, K), shaped on first codes
         self.kind: str | None = None
+        self.views: dict[str, float] = {}  # alternative token views: name -> tokens per image
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         tok = batch.tokens
@@ -68,6 +77,8 @@ class Compression(Metric):
         if tok.tokens_per_image:
             self.tokens += float(tok.tokens_per_image) * batch.size
             self.n_with_tokens += batch.size
+        for view, tpi in (tok.meta.get("token_views") or {}).items():
+            self.views[str(view)] = float(tpi)
         if tok.codes is not None and tok.codebook_size:
             groups = code_groups(tok.codes.long().cpu(), tok.layout)
             if self.hist.numel() == 0:
@@ -89,8 +100,11 @@ class Compression(Metric):
         }
         if int(self.n_with_tokens) == n:
             tpi = float(self.tokens / n)
-            out["tokens_per_image"] = self.value("tokens_per_image", tpi, n)
-            out["bits_per_token"] = self.value("bits_per_token", float(self.bits / self.tokens), n)
+            bpi = float(self.bits / n)
+            views = {v: {"tokens_per_image": t, "bits_per_token": bpi / t} for v, t in sorted(self.views.items())}
+            extra = {"views": views} if views else {}
+            out["tokens_per_image"] = self.value("tokens_per_image", tpi, n, **extra)
+            out["bits_per_token"] = self.value("bits_per_token", float(self.bits / self.tokens), n, **extra)
         else:
             why = f"a {self.kind} has no token positions (its cost is in bits_per_image and bpp)"
             out["tokens_per_image"] = self.value("tokens_per_image", None, n, why)

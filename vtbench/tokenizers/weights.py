@@ -108,6 +108,11 @@ class _Inert:
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Inert":  # e.g. getattr(cls, name)(...) in a reduce
+        out = type(self)()
+        out.args, out.kwargs = args, kwargs
+        return out
+
     def __setitem__(self, key: Any, value: Any) -> None:
         self.items[key] = value
 
@@ -189,6 +194,8 @@ def load_official_checkpoint(path: str | Path, *, trust: bool = False, inert: bo
         with torch.serialization.safe_globals(list(SAFE_EXTRA_GLOBALS)):
             return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=True), "weights_only")
     except pickle.UnpicklingError as exc:
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+        reason = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
         if trust:
             return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=False), "trusted")
         if inert:
@@ -197,7 +204,7 @@ def load_official_checkpoint(path: str | Path, *, trust: bool = False, inert: bo
                 obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=mod)
             except Exception as exc2:  # the placeholders could not stand in: say so, do not fall back
                 raise UntrustedCheckpointError(
-                    f"{path}: the checkpoint pickles Python objects ({str(exc).splitlines()[0][:160]}) and could "
+                    f"{path}: the checkpoint pickles Python objects ({reason[:200]}) and could "
                     f"not be read with inert placeholders ({type(exc2).__name__}: {exc2}). Only if you trust the "
                     f"file's origin, pass --trust-checkpoint."
                 ) from None
@@ -208,7 +215,7 @@ def load_official_checkpoint(path: str | Path, *, trust: bool = False, inert: bo
         if not trust:
             raise UntrustedCheckpointError(
                 f"{path}: this checkpoint holds pickled Python objects that weights_only loading refuses "
-                f"({str(exc).splitlines()[0][:200]}). Only if you trust the file's origin, pass "
+                f"({reason[:200]}). Only if you trust the file's origin, pass "
                 f"--trust-checkpoint (or trust=True) to unpickle it."
             ) from None
         return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=False), "trusted")  # pragma: no cover
