@@ -72,16 +72,22 @@ class CheckpointTokenizer(Tokenizer):
 
     # -- loading -------------------------------------------------------------------------------------
     @classmethod
+    def state_from_object(cls, obj: Any, params: Mapping[str, Any], *,
+                          source: str = "checkpoint") -> tuple[dict[str, torch.Tensor], ExtractedState]:
+        """The module's state dict from a loaded checkpoint object: unwrap, drop training-only parts, remap."""
+        ext: ExtractedState = extract_state_dict(
+            obj, prefer=tuple(params.get("wrapper_keys", DEFAULT_WRAPPERS)),
+            drop_prefixes=tuple(cls.drop_prefixes) + tuple(params.get("drop_prefixes", ())),
+            strip_prefixes=tuple(params.get("strip_prefixes", ())), source=source)
+        return cls.remap_state(ext.state, params), ext
+
+    @classmethod
     def read_state(cls, path: str | Path, params: Mapping[str, Any], *, trust: bool = False,
                    source: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Read ``path`` the family's way; returns (state dict in the module's names, checkpoint info)."""
         source = source or str(path)
         loaded = load_official_checkpoint(path, trust=trust, inert=True)
-        ext: ExtractedState = extract_state_dict(
-            loaded.obj, prefer=tuple(params.get("wrapper_keys", DEFAULT_WRAPPERS)),
-            drop_prefixes=tuple(cls.drop_prefixes) + tuple(params.get("drop_prefixes", ())),
-            strip_prefixes=tuple(params.get("strip_prefixes", ())), source=source)
-        state = cls.remap_state(ext.state, params)
+        state, ext = cls.state_from_object(loaded.obj, params, source=source)
         info = {"load_mode": loaded.mode, "stubbed_globals": loaded.stubbed_globals, **ext.summary()}
         return state, info
 
@@ -137,6 +143,12 @@ def manifest_state(manifest: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {k: torch.empty(tuple(shape), device="meta") for k, shape in manifest["keys"].items()}
 
 
+def manifest_checkpoint(manifest: Mapping[str, Any]) -> Any:
+    """A meta-tensor stand-in for the official file: the manifest's keys under its wrapper key (if any)."""
+    state = manifest_state(manifest)
+    return {manifest["wrapper"]: state} if manifest.get("wrapper") else state
+
+
 def check_manifest(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
     """Raise ``WeightsMismatchError`` unless ``state`` (already remapped) has exactly the model's keys and shapes."""
     own = model.state_dict()
@@ -149,4 +161,4 @@ def check_manifest(model: nn.Module, state: Mapping[str, torch.Tensor], *, sourc
 
 
 __all__ = ["CheckpointTokenizer", "MissingWeightsError", "check_manifest", "from_model_range", "load_manifest",
-           "manifest_state", "to_model_range"]
+           "manifest_checkpoint", "manifest_state", "to_model_range"]
