@@ -14,7 +14,8 @@ from vtbench.leaderboard.view import NULL_TEXT, Entry, as_dict, as_text, number
 from vtbench.report import fmt
 
 # Card fields shown under provenance rather than in the card table.
-_PROVENANCE_FIELDS = ("name", "description", "weights", "weights_sha256", "weights_path", "card_path", "published")
+_PROVENANCE_FIELDS = ("name", "description", "weights", "weights_sha256", "weights_path", "card_path", "published",
+                      "checkpoint")
 
 
 def show(value: Any) -> str:
@@ -55,6 +56,7 @@ def provenance(entry: Entry) -> str:
         ("weights sha256", tok.get("weights_sha256") or weights.get("sha256")),
         ("weights file", weights.get("file")),
         ("weights source", {k: v for k, v in weights.items() if k not in ("file", "sha256")} or None),
+        ("checkpoint loading", tok.get("checkpoint")),
         ("vtbench", vt.get("version")), ("commit", commit), ("schema", r.get("schema_version")),
         ("created", r.get("created")), ("finished", r.get("finished")),
         ("protocol", f"{as_text(proto.get('name'))} {as_text(proto.get('version'))} "
