@@ -17,7 +17,8 @@ from vtbench.config import get_card
 from vtbench.paths import REPO_ROOT
 from vtbench.tokenizers import build_tokenizer
 from vtbench.tokenizers.official import check_manifest, load_manifest, manifest_state
-from vtbench.tokenizers.rqvae import RQVAETokenizer, nearest_rows
+from vtbench.tokenizers.quantizers import nearest_code_full
+from vtbench.tokenizers.rqvae import RQVAETokenizer
 from vtbench.tokenizers.weights import MissingWeightsError, WeightsMismatchError
 
 NAME = "rqvae.in-8x8x4"
@@ -109,10 +110,10 @@ def test_residual_codes_are_nearest_entries_of_the_residual(tmp_path):
         assert torch.equal(q.ungroup(q.group(z)), z)
 
 
-def test_nearest_rows_matches_brute_force():
+def test_nearest_code_full_matches_brute_force():
     g = torch.Generator().manual_seed(0)
     x, cb = torch.randn(300, 6, generator=g), torch.randn(50, 6, generator=g)
-    assert torch.equal(nearest_rows(x, cb), torch.cdist(x, cb).argmin(1))
+    assert torch.equal(nearest_code_full(x, cb), torch.cdist(x, cb).argmin(1))
 
 
 def test_manifest_matches_full_size_model():

@@ -44,6 +44,22 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor, chunk_elements: int = 
     return out
 
 
+def nearest_code_full(x: torch.Tensor, codebook: torch.Tensor, chunk_elements: int = 1 << 26) -> torch.Tensor:
+    """Like ``nearest_code`` but with the full distance ``||x||^2 + ||e||^2 - 2 x.e`` in one ``addmm``.
+
+    This is the form the RQ-VAE and VAR quantisers write; keeping it keeps float rounding, and so the rare
+    near-ties, identical to theirs (the code-identity parity checks rely on it). Ties go to the lowest index.
+    """
+    e_sq = codebook.pow(2).sum(dim=1)
+    rows = max(1, chunk_elements // max(1, codebook.shape[0]))
+    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    for start in range(0, x.shape[0], rows):
+        xc = x[start:start + rows]
+        dist = torch.addmm(xc.pow(2).sum(dim=1, keepdim=True) + e_sq, xc, codebook.t(), alpha=-2.0)
+        out[start:start + rows] = dist.argmin(dim=1)
+    return out
+
+
 def _to_rows(z: torch.Tensor) -> torch.Tensor:
     """(N, d, h, w) -> (N*h*w, d)."""
     return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])

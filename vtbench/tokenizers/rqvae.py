@@ -36,24 +36,10 @@ from torch import nn
 from vtbench.tokenizers.base import Tokens, code_bits
 from vtbench.tokenizers.ldm import Decoder, Encoder, attn_levels_from_resolutions
 from vtbench.tokenizers.official import CheckpointTokenizer
+from vtbench.tokenizers.quantizers import nearest_code_full
 from vtbench.tokenizers.weights import WeightsMismatchError
 
 # distance rows computed at once (rows x codebook entries); larger batches are split by rows
-_MAX_DIST_ELEMENTS = 1 << 26
-
-
-def nearest_rows(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest codebook row for each row of ``x`` (M, d), with the distance written as
-    ``||x||^2 + ||e||^2 - 2 x.e`` (one ``addmm``), the form the official quantiser uses, so that rounding and
-    therefore near-ties resolve the same way. Ties go to the lowest index."""
-    e_sq = codebook.pow(2.0).sum(dim=1, keepdim=True).t()  # (1, K)
-    rows = max(1, _MAX_DIST_ELEMENTS // max(1, codebook.shape[0]))
-    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    for s in range(0, x.shape[0], rows):
-        xc = x[s:s + rows]
-        dist = torch.addmm(xc.pow(2.0).sum(dim=1, keepdim=True) + e_sq, xc, codebook.t(), alpha=-2.0)
-        out[s:s + rows] = dist.argmin(dim=-1)
-    return out
 
 
 class ResidualQuantizer(nn.Module):
@@ -96,7 +82,7 @@ class ResidualQuantizer(nn.Module):
         codes = []
         for i in range(self.depth):
             book = self.book(i)
-            c = nearest_rows(residual, book)
+            c = nearest_code_full(residual, book)
             residual.sub_(book[c])
             codes.append(c)
         return torch.stack(codes, dim=-1).view(n, h, w, self.depth)
@@ -204,4 +190,4 @@ class RQVAETokenizer(CheckpointTokenizer):
         return self.from_model(self.model.decode_latent(z))
 
 
-__all__ = ["RQVAEModel", "RQVAETokenizer", "ResidualQuantizer", "nearest_rows"]
+__all__ = ["RQVAEModel", "RQVAETokenizer", "ResidualQuantizer"]

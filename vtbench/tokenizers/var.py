@@ -41,21 +41,9 @@ from torch import nn
 from vtbench.tokenizers.base import Tokens, code_bits
 from vtbench.tokenizers.ldm import Decoder, Encoder
 from vtbench.tokenizers.official import CheckpointTokenizer
+from vtbench.tokenizers.quantizers import nearest_code_full
 from vtbench.tokenizers.weights import rename_keys
 
-_MAX_DIST_ELEMENTS = 1 << 26
-
-
-def _nearest_l2(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """argmin over ``||z||^2 + ||e||^2 - 2 z.e`` (one ``addmm``, the official form); ties to the lowest index."""
-    e_sq = codebook.square().sum(dim=1)
-    rows = max(1, _MAX_DIST_ELEMENTS // max(1, codebook.shape[0]))
-    out = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
-    for s in range(0, z.shape[0], rows):
-        zc = z[s:s + rows]
-        d = torch.addmm(zc.square().sum(dim=1, keepdim=True) + e_sq, zc, codebook.t(), alpha=-2.0)
-        out[s:s + rows] = d.argmin(dim=1)
-    return out
 
 
 def _nearest_cosine(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -120,7 +108,7 @@ class MultiScaleQuantizer(nn.Module):
         for si, pn in enumerate(self.patch_nums):
             src = f_rest if si == last else F.interpolate(f_rest, size=(pn, pn), mode="area")
             z = src.permute(0, 2, 3, 1).reshape(-1, c)
-            idx = _nearest_cosine(z, self.codebook) if self.using_znorm else _nearest_l2(z, self.codebook)
+            idx = _nearest_cosine(z, self.codebook) if self.using_znorm else nearest_code_full(z, self.codebook)
             h = F.embedding(idx.view(n, pn, pn), self.codebook).permute(0, 3, 1, 2)
             h = (h if si == last else F.interpolate(h, size=(hh, ww), mode="bicubic")).contiguous()
             h = self.refine(si, h)
