@@ -43,8 +43,11 @@ def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None,
 
     ``spec`` keys: ``file`` (file name), ``sha256`` (optional), ``url`` (where it is published),
     ``hub_repo`` / ``hub_filename`` (optional Hugging Face location), ``bundled`` (path relative to the
-    repository, for weights that ship with vtbench).
+    repository, for weights that ship with vtbench). With ``directory = true`` the weights are a directory
+    (e.g. a diffusers model folder), see ``_resolve_directory``.
     """
+    if spec.get("directory"):
+        return _resolve_directory(spec, explicit, name=name)
     file_name = spec.get("file") or Path(spec.get("hub_filename", "")).name
     if explicit is not None:
         p = Path(explicit).expanduser()
@@ -82,6 +85,59 @@ def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None,
         f"  fix: download it and place it at {target}, or pass --weights /path/to/{file_name}"
     )
 
+
+def _model_dir(root: Path, subfolder: str | None) -> Path | None:
+    """``root/subfolder`` if that is a directory, else ``root`` itself if it is one (already the model folder)."""
+    if subfolder and (root / subfolder).is_dir():
+        return root / subfolder
+    return root if root.is_dir() else None
+
+
+def _resolve_directory(spec: Mapping[str, Any], explicit: str | Path | None, *, name: str) -> Path:
+    """A weights *directory*: ``file`` names the folder (in ``$VTBENCH_WEIGHTS``), ``subfolder`` the model's folder
+    inside it or inside the hub repository (``hub_repo``), e.g. ``vae``. Same order as files: explicit path, the
+    weights directory, the hub (``snapshot_download`` of ``hub_files`` in the subfolder, by default a diffusers
+    model's ``config.json`` and ``diffusion_pytorch_model.safetensors``; only when online), else
+    ``MissingWeightsError``."""
+    dir_name = spec.get("file") or str(spec.get("hub_repo", "")).split("/")[-1]
+    sub = spec.get("subfolder")
+    inner = f"{sub}/" if sub else ""
+    files = [f"{inner}{f}" for f in (spec.get("hub_files") or ("config.json", "diffusion_pytorch_model.safetensors"))]
+    if explicit is not None:
+        p = _model_dir(Path(explicit).expanduser(), sub)
+        if p is None:
+            raise MissingWeightsError(f"{name}: --weights {explicit} is not a directory (expected the model folder "
+                                      f"{dir_name}{'/' + sub if sub else ''})")
+        return p
+    wdir = os.environ.get("VTBENCH_WEIGHTS")
+    if wdir:
+        p = _model_dir(Path(wdir) / dir_name, sub)
+        if p is not None:
+            return p
+    hub_error = ""
+    if spec.get("hub_repo") and _hub_allowed():
+        try:
+            from huggingface_hub import snapshot_download
+            p = _model_dir(Path(snapshot_download(spec["hub_repo"], allow_patterns=files)), sub)
+            if p is not None:
+                return p
+            hub_error = f" (hub snapshot has no {sub!r} folder)"
+        except Exception as exc:  # offline, gated, missing: fall through to the actionable error
+            hub_error = f" (hub download failed: {type(exc).__name__}: {exc})"
+    where = spec.get("url") or (f"https://huggingface.co/{spec['hub_repo']}" if spec.get("hub_repo") else "its official release")
+    local = f"$VTBENCH_WEIGHTS/{dir_name}" if wdir else f"~/vtbench-weights/{dir_name}"
+    target = local if wdir else f"{local} and export VTBENCH_WEIGHTS=~/vtbench-weights"
+    if spec.get("hub_repo"):
+        how = f"huggingface-cli download {spec['hub_repo']} " + " ".join(f"'{f}'" for f in files) + f" --local-dir {local}"
+        if spec.get("gated"):
+            how += " (gated: accept the licence on the hub and `huggingface-cli login` first)"
+    else:
+        how = "download it"
+    raise MissingWeightsError(
+        f"{name}: weights directory {dir_name!r}{f' (subfolder {sub!r})' if sub else ''} not found{hub_error}.\n"
+        f"  source: {where}\n"
+        f"  fix: {how}, placing it at {target}, or pass --weights /path/to/{dir_name}"
+    )
 
 log = logging.getLogger(__name__)
 
