@@ -18,6 +18,19 @@ def test_ls_and_info():
     assert r.exit_code == 0 and "bpp" in r.stdout and "rfid" in r.stdout
 
 
+def test_ls_says_which_weights_are_here(tmp_path, monkeypatch):
+    monkeypatch.setenv("VTBENCH_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "vq_ds16_c2i.pt").write_bytes(b"placeholder")  # found by name; not loaded by ls
+    r = runner.invoke(app, ["ls", "tokenizers", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {t["name"]: t for t in json.loads(r.stdout)}
+    assert rows["tiny.vq"]["weights_local"].endswith("tiny_vq.safetensors")  # bundled
+    assert rows["llamagen.vq16"]["weights_local"] == str(tmp_path / "vq_ds16_c2i.pt")
+    assert rows["llamagen.vq8"]["weights_local"] is None and rows["llamagen.vq8"]["weights_file"] == "vq_ds8_c2i.pt"
+    assert rows["jpeg.q50"]["weights_file"] is None
+
+
 def test_info_unknown_did_you_mean():
     r = runner.invoke(app, ["info", "jpg.q50"])
     assert r.exit_code == 2 and "Did you mean" in r.output and "jpeg.q50" in r.output

@@ -206,10 +206,14 @@ def ls_tokenizers(pattern: Optional[str] = typer.Argument(None), as_json: bool =
     """Declared tokenizer variants (from tokenizers/*.toml)."""
     from vtbench.config import all_cards
     from vtbench.tokenizers import list_tokenizers
+    from vtbench.tokenizers.weights import local_weights
     cards = all_cards()
     names = list_tokenizers(pattern)
+    found = {n: local_weights(cards[n].weights) for n in names}
     if as_json:
         typer.echo(json.dumps([{"name": n, "kind": cards[n].kind, "default_run": cards[n].default_run,
+                                "weights_file": (cards[n].weights or {}).get("file"),
+                                "weights_local": str(found[n]) if found[n] else None,
                                 "description": cards[n].description} for n in names], indent=2))
         return
     from rich.console import Console
@@ -217,7 +221,10 @@ def ls_tokenizers(pattern: Optional[str] = typer.Argument(None), as_json: bool =
     t = Table("tokenizer", "kind", "default", "weights", "description")
     for n in names:
         c = cards[n]
-        w = (c.weights or {}).get("file", "") if c.weights else "none needed"
+        if not c.weights:
+            w = "none needed"
+        else:
+            w = f"{c.weights.get('file', '')} ({'found' if found[n] else 'missing'})"
         t.add_row(n, c.kind, "yes" if c.default_run else "", w, c.description)
     Console().print(t)
 

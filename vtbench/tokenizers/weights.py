@@ -38,7 +38,8 @@ def _hub_allowed() -> bool:
         os.environ.get("VTBENCH_OFFLINE", "0").lower() not in ("1", "true", "yes")
 
 
-def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None, *, name: str = "") -> Path:
+def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None, *, name: str = "",
+                    allow_hub: bool = True) -> Path:
     """Find the weights file described by ``spec`` (a card's ``weights`` table).
 
     ``spec`` keys: ``file`` (file name), ``sha256`` (optional), ``url`` (where it is published),
@@ -47,7 +48,7 @@ def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None,
     (e.g. a diffusers model folder), see ``_resolve_directory``.
     """
     if spec.get("directory"):
-        return _resolve_directory(spec, explicit, name=name)
+        return _resolve_directory(spec, explicit, name=name, allow_hub=allow_hub)
     file_name = spec.get("file") or Path(spec.get("hub_filename", "")).name
     if explicit is not None:
         p = Path(explicit).expanduser()
@@ -66,7 +67,7 @@ def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None,
         for cand in (Path(wdir) / file_name, Path(wdir) / (spec.get("hub_filename") or file_name)):
             if cand.is_file():
                 return cand
-    if spec.get("hub_repo") and _hub_allowed():
+    if spec.get("hub_repo") and allow_hub and _hub_allowed():
         try:
             from huggingface_hub import hf_hub_download
             return Path(hf_hub_download(spec["hub_repo"], spec.get("hub_filename", file_name)))
@@ -86,6 +87,16 @@ def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None,
     )
 
 
+def local_weights(spec: Mapping[str, Any] | None) -> Path | None:
+    """Where the weights are on this machine without any download (bundled or ``$VTBENCH_WEIGHTS``), or None."""
+    if not spec:
+        return None
+    try:
+        return resolve_weights(spec, None, allow_hub=False)
+    except MissingWeightsError:
+        return None
+
+
 def _model_dir(root: Path, subfolder: str | None) -> Path | None:
     """``root/subfolder`` if that is a directory, else ``root`` itself if it is one (already the model folder)."""
     if subfolder and (root / subfolder).is_dir():
@@ -93,7 +104,8 @@ def _model_dir(root: Path, subfolder: str | None) -> Path | None:
     return root if root.is_dir() else None
 
 
-def _resolve_directory(spec: Mapping[str, Any], explicit: str | Path | None, *, name: str) -> Path:
+def _resolve_directory(spec: Mapping[str, Any], explicit: str | Path | None, *, name: str,
+                       allow_hub: bool = True) -> Path:
     """A weights *directory*: ``file`` names the folder (in ``$VTBENCH_WEIGHTS``), ``subfolder`` the model's folder
     inside it or inside the hub repository (``hub_repo``), e.g. ``vae``. Same order as files: explicit path, the
     weights directory, the hub (``snapshot_download`` of ``hub_files`` in the subfolder, by default a diffusers
@@ -115,7 +127,7 @@ def _resolve_directory(spec: Mapping[str, Any], explicit: str | Path | None, *, 
         if p is not None:
             return p
     hub_error = ""
-    if spec.get("hub_repo") and _hub_allowed():
+    if spec.get("hub_repo") and allow_hub and _hub_allowed():
         try:
             from huggingface_hub import snapshot_download
             p = _model_dir(Path(snapshot_download(spec["hub_repo"], allow_patterns=files)), sub)
