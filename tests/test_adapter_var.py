@@ -15,10 +15,9 @@ import torch
 
 from vtbench.config import get_card
 from vtbench.paths import REPO_ROOT
-from vtbench.tokenizers import build_tokenizer
 from vtbench.tokenizers.official import check_manifest, load_manifest, manifest_state
 from vtbench.tokenizers.var import VARTokenizer, phi_schedule
-from vtbench.tokenizers.weights import MissingWeightsError, WeightsMismatchError
+from vtbench.tokenizers.weights import WeightsMismatchError
 
 NAME = "var.ch160v4096z32"
 SMALL = dict(vocab_size=32, z_channels=8, ch=32, ch_mult=[1, 2], num_res_blocks=1, using_sa=True, using_mid_sa=True,
@@ -140,12 +139,3 @@ def test_wrong_shape_is_a_mismatch(tmp_path):
     path = save_official(tmp_path / "other.pth", SMALL)
     with pytest.raises(WeightsMismatchError, match="other.pth"):
         VARTokenizer.from_card(small_card(vocab_size=64), weights=path)
-
-
-def test_missing_weights_names_file_and_fix(monkeypatch):
-    monkeypatch.delenv("VTBENCH_WEIGHTS", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(MissingWeightsError) as exc:
-        build_tokenizer(NAME)
-    msg = str(exc.value)
-    assert "vae_ch160v4096z32.pth" in msg and "FoundationVision/var" in msg and "fix:" in msg

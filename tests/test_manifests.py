@@ -37,3 +37,25 @@ def test_manifest_matches_architecture(path):
     dropped = sorted(ext.dropped)
     assert dropped == sorted(manifest.get("dropped_prefixes", [])), (
         f"{path}: the adapter drops {dropped}, the manifest lists {manifest.get('dropped_prefixes')}")
+
+
+WITH_WEIGHTS = sorted(n for n, c in all_cards().items() if c.weights and not c.weights.get("bundled"))
+
+
+@pytest.mark.parametrize("name", WITH_WEIGHTS)
+def test_missing_official_weights_are_actionable(name, monkeypatch):
+    """No weights here and offline: the error names the file, where it comes from and how to place it."""
+    from vtbench.tokenizers import build_tokenizer
+    from vtbench.tokenizers.weights import MissingWeightsError
+    monkeypatch.delenv("VTBENCH_WEIGHTS", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = get_card(name).weights
+    with pytest.raises(MissingWeightsError) as exc:
+        build_tokenizer(name)
+    msg = str(exc.value)
+    assert name in msg and spec["file"] in msg and "fix:" in msg and "--weights" in msg and "VTBENCH_WEIGHTS" in msg
+    assert (spec.get("url") or spec["hub_repo"]) in msg or spec.get("hub_repo", "\0") in msg
+    if spec.get("directory"):  # a model folder: the exact download command
+        assert "huggingface-cli download" in msg
+    if spec.get("gated"):
+        assert "gated" in msg
