@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import re
 
 import pytest
@@ -24,6 +23,8 @@ from vtbench.tokenizers import UnsupportedResolutionError, build_tokenizer
 from vtbench.tokenizers.llamagen import LlamaGenVQ
 from vtbench.tokenizers.official import check_manifest, load_manifest, manifest_state
 from vtbench.tokenizers.weights import WeightsMismatchError
+
+from adapter_checks import check_grid_vq_roundtrip
 
 VARIANTS = ["llamagen.vq16", "llamagen.vq8", "llamagen.vq16-t2i"]
 # a scaled-down config: 2 levels (downsampling 2), attention at level 1 and in the middle
@@ -91,17 +92,7 @@ def small_tok(tmp_path, monkeypatch):
 def test_encode_decode_contract(small_tok):
     tok, _ = small_tok
     x = images(2, 32)
-    t = tok.encode(x)
-    assert t.kind == "vq" and t.layout == ("h", "w") and t.codebook_size == 64
-    assert t.codes.dtype == torch.int64 and t.codes.shape == (2, 16, 16)
-    assert 0 <= int(t.codes.min()) and int(t.codes.max()) < 64
-    assert t.tokens_per_image == tok.tokens_per_image(32, 32) == 256
-    assert t.bits.dtype == torch.float64 and t.bits.tolist() == [256 * math.log2(64)] * 2
-    y = tok.decode(t)
-    assert y.shape == x.shape and y.dtype == torch.float32 and torch.isfinite(y).all()
-    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
-    t2 = tok.encode(x)
-    assert torch.equal(t.codes, t2.codes) and torch.equal(tok.decode(t2), y)
+    check_grid_vq_roundtrip(tok, x, codebook_size=64, grid=(16, 16))
     assert tok.encode(images(1, 48)).codes.shape == (1, 24, 24)  # any even size for this scaled config
 
 
