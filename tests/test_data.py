@@ -371,8 +371,28 @@ def test_native_policy():
     torch.testing.assert_close(pol.from_model(y, ctx), x.float() / 255)
 
 
+def test_native_or_pad_follows_the_tokenizer():
+    x = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)
+    pol = get_policy("native-or-pad", 32)
+    y, ctx = pol.to_model(x)  # unbound: native
+    assert ctx["mode"] == "native" and y.shape == (3, 40, 60)
+    conv = pol.bind(lambda h, w: h % 8 == 0 and w % 4 == 0)  # a convolutional tokenizer: 40x60 is fine
+    y, ctx = conv.to_model(x)
+    assert ctx["mode"] == "native" and y.shape == (3, 40, 60)
+    torch.testing.assert_close(conv.from_model(y, ctx), x.float() / 255)
+    fixed = pol.bind(lambda h, w: (h, w) == (32, 32))  # a fixed-size tokenizer: padded to 60x60, resized to 32
+    y, ctx = fixed.to_model(x)
+    assert ctx["mode"] == "pad" and y.shape == (3, 32, 32)
+    back = fixed.from_model(y, ctx)
+    assert back.shape == (3, 40, 60)
+    ref, rctx = get_policy("pad-restore", 32).to_model(x)
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(back, get_policy("pad-restore", 32).from_model(ref, rctx))
+    assert fixed.describe() == pol.describe() and pol.describe()["otherwise"]["name"] == "pad-restore"
+
+
 def test_get_policy_errors_and_describe():
-    assert set(POLICIES) == {"adm-center-crop", "resize-cover-crop", "pad-restore", "native"}
+    assert set(POLICIES) == {"adm-center-crop", "resize-cover-crop", "pad-restore", "native", "native-or-pad"}
     with pytest.raises(UnknownNameError) as ei:
         get_policy("pad-restor", 256)
     assert "pad-restore" in str(ei.value)

@@ -10,6 +10,7 @@ stopped; a completed run is skipped unless forced.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import time
@@ -24,13 +25,15 @@ import torch
 from PIL import Image
 
 from vtbench.config import Protocol, load_protocol
+from vtbench.data.annotations import find_word_manifest, match_annotations
 from vtbench.data.datasets import ImageDataset, collate, open_dataset
 from vtbench.data.policies import get_policy
 from vtbench.metrics import METRICS, Batch, Metric, MetricUnavailable, MetricValue
+from vtbench.hashing import sha256sum
 from vtbench.metrics.base import metric_for_output
 from vtbench.results import (RESULT_FILE, SAMPLES_FILE, environment, new_record, read_record, slug,
                              write_json_atomic, write_text_atomic)
-from vtbench.tokenizers import Tokenizer, build_tokenizer
+from vtbench.tokenizers import Tokenizer, UnsupportedResolutionError, build_tokenizer
 
 log = logging.getLogger("vtbench")
 
@@ -66,6 +69,22 @@ class RunConfig:
     thumbnails: int = 6  # originals + reconstructions kept in the run directory for the leaderboard
     progress: bool = True
     stop_after_batches: int | None = None  # for tests: simulate an interruption
+    annotations: Path | None = None  # word manifest (JSONL) for text metrics; default: found next to the data
+
+
+def attach_words(dataset: ImageDataset, manifest: str | Path | None) -> None:
+    """Give ``dataset`` its word annotations (``--annotations FILE``, or a ``words.jsonl`` / ``text_words.jsonl``
+    next to it); recorded in the dataset info so results and caches depend on the manifest's content."""
+    root = Path(dataset.info.root) if dataset.info.root else None
+    path = Path(manifest) if manifest else find_word_manifest(root if root is None or root.is_dir() else root.parent)
+    if path is None:
+        log.warning("no word manifest for %s (pass --annotations FILE); text metrics need ground-truth words",
+                    dataset.info.id)
+        return
+    dataset.annotations = match_annotations(dataset.ids, root if root is not None and root.is_dir() else None, path)
+    dataset.info.extra["annotations"] = {"file": path.name, "sha256": sha256sum(path),
+                                         "images_with_words": len(dataset.annotations)}
+    log.info("word manifest %s: words for %d of %d images", path, len(dataset.annotations), len(dataset))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -87,17 +106,23 @@ def selected_metrics(cfg: RunConfig, protocol: Protocol) -> list[str]:
     return out
 
 
-def build_metrics(names: list[str], device: torch.device, reference_key: str) -> tuple[dict[str, Metric], dict[str, str]]:
-    """Construct metrics; those that cannot run here are returned as ``{name: reason}``."""
-    kwargs: dict[str, dict[str, Any]] = {
-        "rfid": {"device": device, "reference_key": reference_key},
-        "speed": {"device": device},
-    }
+def build_metrics(names: list[str], device: torch.device, reference_key: str,
+                  protocol: Protocol | None = None) -> tuple[dict[str, Metric], dict[str, str]]:
+    """Construct metrics; those that cannot run here are returned as ``{name: reason}``.
+
+    A metric's constructor receives, when it declares them: ``device``, ``reference_key`` (caches of
+    reference-side work: Inception statistics, OCR of originals) and ``settings`` (the protocol's table of the
+    same name, e.g. ``[detail]``)."""
+    available = {"device": device, "reference_key": reference_key}
     built, unavailable = {}, {}
     for name in names:
         cls = METRICS.get(name)
+        params = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in available.items() if k in params}
+        if "settings" in params:
+            kwargs["settings"] = dict(protocol.get(name, {}) or {}) if protocol is not None else {}
         try:
-            built[name] = cls(**kwargs.get(name, {}))
+            built[name] = cls(**kwargs)
         except MetricUnavailable as exc:
             unavailable[name] = exc.reason
             if exc.reason not in _WARNED:  # once per process, not once per tokenizer
@@ -158,19 +183,28 @@ class TokenizerRun:
                  metric_names: list[str], device: torch.device):
         self.tok, self.ds, self.cfg, self.protocol = tokenizer, dataset, cfg, protocol
         self.metric_names, self.device = metric_names, device
-        self.policy = dataset.policy
+        self.policy = dataset.policy.bind(self._accepts)
         self.dir = Path(cfg.out) / slug(dataset.info.id) / slug(tokenizer.name)
+        words = [dataset.info.extra["annotations"]] if dataset.info.extra.get("annotations") else []
         self.fingerprint = fingerprint(
             tokenizer.name, tokenizer.weights_sha256, dataset.info.id, dataset.info.revision,
             dataset.info.selection, self.policy.describe(), protocol.name, protocol.version,
-            sorted(metric_names), cfg.seed)
-        ref = fingerprint(dataset.info.id, dataset.info.revision, dataset.info.selection, self.policy.describe())
-        self.metrics, self.unavailable = build_metrics(metric_names, device, reference_key=ref)
+            sorted(metric_names), cfg.seed, *words)
+        ref = fingerprint(dataset.info.id, dataset.info.revision, dataset.info.selection, self.policy.describe(),
+                          *words)
+        self.metrics, self.unavailable = build_metrics(metric_names, device, reference_key=ref, protocol=protocol)
         self.done: set[str] = set()
         self.rows: list[dict[str, Any]] = []
         self.skipped: list[dict[str, str]] = []
         self.timings = {"encode_s": 0.0, "decode_s": 0.0, "metrics_s": 0.0}
         self.thumb_ids = thumbnail_ids(dataset.ids, cfg.thumbnails)
+
+    def _accepts(self, height: int, width: int) -> bool:
+        try:
+            self.tok.check_size(height, width)
+        except UnsupportedResolutionError:
+            return False
+        return True
 
     # -- resume -----------------------------------------------------------------------------------
     def completed(self) -> dict[str, Any] | None:
@@ -238,8 +272,10 @@ class TokenizerRun:
                                        f"results so far are kept in {self.dir / PROGRESS_FILE}")
         recon = torch.stack([_quantise(self.policy.from_model(r.float(), c)) for r, c in zip(rec, ctxs)])
         orig = torch.stack(originals)
+        words = self.ds.annotations
         batch = Batch(ids=ids, original=orig.to(self.device), reconstruction=recon.to(self.device), tokens=tokens,
-                      encode_seconds=t1 - t0, decode_seconds=t2 - t1)
+                      encode_seconds=t1 - t0, decode_seconds=t2 - t1,
+                      annotations=None if words is None else [words.get(i) for i in ids])
         t3 = time.perf_counter()
         per_sample: dict[str, torch.Tensor] = {}
         for m in self.metrics.values():
@@ -373,6 +409,8 @@ def run(tokenizers: list[str], cfg: RunConfig,
                         cfg.resolution or protocol.get("preprocessing.resolution"))
     dataset = open_dataset(cfg.data, policy, limit=cfg.limit, seed=cfg.seed)
     names = selected_metrics(cfg, protocol)
+    if any("words" in METRICS.get(n).needs for n in names):
+        attach_words(dataset, cfg.annotations)
     log.info("dataset %s: %d images (%s); metrics: %s; device: %s", dataset.info.id, len(dataset),
              policy.describe(), ", ".join(names), device)
     records = []

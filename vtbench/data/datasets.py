@@ -114,6 +114,7 @@ class ImageDataset(Dataset):
             raise DatasetError(f"limit must be a positive integer or None, got {limit!r}")
         limit = None if limit is None else int(limit)
         self.policy = policy
+        self.annotations: dict[str, list[dict[str, Any]]] | None = None  # text task: {id: words}
         self.max_pixels = max_pixels
         self.classes = classes
         self._all_ids = all_ids

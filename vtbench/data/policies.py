@@ -39,7 +39,7 @@ Policies:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -48,9 +48,10 @@ from PIL import Image
 
 from vtbench.registry import UnknownNameError, did_you_mean
 
-__all__ = ["POLICIES", "Policy", "AdmCenterCrop", "ResizeCoverCrop", "PadRestore", "Native", "get_policy"]
+__all__ = ["POLICIES", "Policy", "AdmCenterCrop", "ResizeCoverCrop", "PadRestore", "Native", "NativeOrPad",
+           "get_policy"]
 
-POLICIES: tuple[str, ...] = ("adm-center-crop", "resize-cover-crop", "pad-restore", "native")
+POLICIES: tuple[str, ...] = ("adm-center-crop", "resize-cover-crop", "pad-restore", "native", "native-or-pad")
 
 
 def _check_hwc(img: np.ndarray) -> np.ndarray:
@@ -115,6 +116,11 @@ class Policy:
 
     def params(self) -> dict[str, Any]:
         return {}
+
+    def bind(self, accepts: Callable[[int, int], bool]) -> "Policy":
+        """This policy for one tokenizer (``accepts(h, w)``: whether it takes that input size). Only
+        ``native-or-pad`` depends on the tokenizer; every other policy returns itself."""
+        return self
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "resolution": self.resolution, **self.params()}
@@ -221,7 +227,45 @@ class Native(Policy):
         return {"resize": "none"}
 
 
-_CLASSES: dict[str, type[Policy]] = {c.name: c for c in (AdmCenterCrop, ResizeCoverCrop, PadRestore, Native)}
+class NativeOrPad(Policy):
+    """The detail protocol's policy: an image goes to the tokenizer at its own size when the tokenizer accepts
+    that size (convolutional tokenizers, codecs), otherwise through ``pad-restore`` at ``resolution`` (fixed-size
+    tokenizers); metrics are always at the original resolution. Which path each image took is in its context
+    (``mode``) and the policy is recorded with both branches."""
+
+    name = "native-or-pad"
+
+    def __init__(self, resolution: int | None, pad_value: float = 0.0):
+        super().__init__(resolution)
+        self._pad = PadRestore(resolution, pad_value)
+        self._accepts: Callable[[int, int], bool] | None = None
+
+    def prepare(self, img: np.ndarray) -> np.ndarray:
+        return _check_hwc(img)
+
+    def bind(self, accepts: Callable[[int, int], bool]) -> "NativeOrPad":
+        bound = NativeOrPad(self.resolution, self._pad.pad_value)
+        bound._accepts = accepts
+        return bound
+
+    def to_model(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if self._accepts is None or self._accepts(h, w):
+            y, ctx = super().to_model(x)
+            return y, {**ctx, "mode": "native"}
+        y, ctx = self._pad.to_model(x)
+        return y, {**ctx, "mode": "pad"}
+
+    def from_model(self, y: torch.Tensor, ctx: dict) -> torch.Tensor:
+        return self._pad.from_model(y, ctx) if ctx.get("mode") == "pad" else super().from_model(y, ctx)
+
+    def params(self) -> dict[str, Any]:
+        return {"native": "the original size when the tokenizer accepts it",
+                "otherwise": {"name": "pad-restore", **self._pad.params()}, "pad_value": self._pad.pad_value}
+
+
+_CLASSES: dict[str, type[Policy]] = {c.name: c for c in (AdmCenterCrop, ResizeCoverCrop, PadRestore, Native,
+                                                         NativeOrPad)}
 assert tuple(_CLASSES) == POLICIES
 
 

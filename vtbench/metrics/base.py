@@ -61,6 +61,7 @@ class Batch:
     tokens: Any = None  # vtbench.tokenizers.base.Tokens (None for reference-only passes)
     encode_seconds: float = 0.0
     decode_seconds: float = 0.0
+    annotations: list | None = None  # per sample: ground-truth words ([{"text", "box"}]) or None (text task)
 
     def __post_init__(self) -> None:
         for name in ("original", "reconstruction"):
