@@ -107,13 +107,14 @@ def selected_metrics(cfg: RunConfig, protocol: Protocol) -> list[str]:
 
 
 def build_metrics(names: list[str], device: torch.device, reference_key: str,
-                  protocol: Protocol | None = None) -> tuple[dict[str, Metric], dict[str, str]]:
+                  protocol: Protocol | None = None, resolution: int | None = None
+                  ) -> tuple[dict[str, Metric], dict[str, str]]:
     """Construct metrics; those that cannot run here are returned as ``{name: reason}``.
 
     A metric's constructor receives, when it declares them: ``device``, ``reference_key`` (caches of
-    reference-side work: Inception statistics, OCR of originals) and ``settings`` (the protocol's table of the
-    same name, e.g. ``[detail]``)."""
-    available = {"device": device, "reference_key": reference_key}
+    reference-side work: Inception statistics, OCR of originals), ``resolution`` (the policy's tokenizer input
+    size) and ``settings`` (the protocol's table of the same name, e.g. ``[detail]``)."""
+    available = {"device": device, "reference_key": reference_key, "resolution": resolution}
     built, unavailable = {}, {}
     for name in names:
         cls = METRICS.get(name)
@@ -192,7 +193,8 @@ class TokenizerRun:
             sorted(metric_names), cfg.seed, *words)
         ref = fingerprint(dataset.info.id, dataset.info.revision, dataset.info.selection, self.policy.describe(),
                           *words)
-        self.metrics, self.unavailable = build_metrics(metric_names, device, reference_key=ref, protocol=protocol)
+        self.metrics, self.unavailable = build_metrics(metric_names, device, reference_key=ref, protocol=protocol,
+                                                       resolution=self.policy.resolution)
         self.done: set[str] = set()
         self.rows: list[dict[str, Any]] = []
         self.skipped: list[dict[str, str]] = []

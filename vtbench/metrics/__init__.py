@@ -8,5 +8,8 @@ METRICS.register("lpips", "vtbench.metrics.lpips:LPIPSMetric")
 METRICS.register("rfid", "vtbench.metrics.fid:RFID")
 METRICS.register("compression", "vtbench.metrics.compression:Compression")
 METRICS.register("speed", "vtbench.metrics.speed:Speed")
+METRICS.register("detail", "vtbench.metrics.detail:Detail")
+METRICS.register("text", "vtbench.metrics.text:TextAccuracy")
+METRICS.register("ocr", "vtbench.metrics.text:OCRErrorRate")
 
 __all__ = ["METRICS", "Batch", "Metric", "MetricUnavailable", "MetricValue", "Output"]
