@@ -52,13 +52,15 @@ def _run_summary(rec: dict[str, Any], path: Path) -> dict[str, Any]:
 @app.command()
 def run(
     tokenizer: Optional[list[str]] = typer.Option(None, "--tokenizer", "-t", help="family.variant (repeatable; wildcards ok). Default: every default-run tokenizer."),
-    data: str = typer.Option("embedded", "--data", "-d", help="'embedded', 'embedded/<subset>', an image folder, or parquet file(s)."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="'embedded', 'embedded/<subset>', an image folder, or parquet file(s). Default: the protocol's (embedded; embedded/text for --task text, embedded/detail for --task detail)."),
+    task: Optional[str] = typer.Option(None, "--task", help="reconstruction, text or detail: picks that task's protocol (and its default data)."),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="Word manifest (JSONL) for the text task; default: words.jsonl / text_words.jsonl next to the data."),
     metrics: Optional[str] = typer.Option(None, "--metrics", "-m", help="Comma-separated metrics or output keys (default: the protocol's)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results directory."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Deterministic subset of N images."),
     batch_size: int = typer.Option(16, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
-    protocol: str = typer.Option("reconstruction", "--protocol"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="Protocol file name under metrics/ (default: reconstruction, or the --task's)."),
     preprocess: Optional[str] = typer.Option(None, "--preprocess", help="adm-center-crop, resize-cover-crop, pad-restore, native."),
     resolution: Optional[int] = typer.Option(None, "--resolution"),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file (single tokenizer)."),
@@ -88,7 +90,14 @@ def run(
         names = names or list_tokenizers(default_run=True)
         if weights and len(names) != 1:
             _fail("--weights applies to exactly one --tokenizer", 2)
-        cfg = RunConfig(data=data, metrics=metrics.split(",") if metrics else None, protocol=protocol,
+        if task is not None:
+            from vtbench.config import load_protocol, protocol_for_task
+            chosen = protocol_for_task(task)
+            if protocol is not None and load_protocol(protocol).task != task:
+                _fail(f"--protocol {protocol} is not a {task!r} protocol (use --protocol {chosen} or drop one)", 2)
+            protocol = protocol or chosen
+        cfg = RunConfig(data=data, metrics=metrics.split(",") if metrics else None,
+                        protocol=protocol or "reconstruction", annotations=annotations,
                         preprocess=preprocess, resolution=resolution, limit=limit, seed=seed,
                         batch_size=batch_size, device=device, out=out, force=force,
                         save_reconstructions=save_reconstructions, weights=weights,

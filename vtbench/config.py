@@ -121,3 +121,16 @@ def load_protocol(name: str) -> Protocol:
     settings = {k: v for k, v in doc.items() if k not in ("version", "task", "name")}
     return Protocol(name=doc.get("name", name), version=str(doc["version"]), task=doc["task"],
                     settings=settings, path=str(path))
+
+
+def protocol_for_task(task: str) -> str:
+    """The protocol that defines ``task`` (``vtbench run --task text``): the one named like the task, else the
+    only protocol with that task; unknown tasks get a did-you-mean error."""
+    tasks: dict[str, list[str]] = {}
+    for name in list_protocols():
+        t = load_protocol(name).task
+        if t != "compare":
+            tasks.setdefault(t, []).append(name)
+    if task not in tasks:
+        raise UnknownNameError(did_you_mean(task, sorted(tasks), "task"))
+    return task if task in tasks[task] else tasks[task][0]

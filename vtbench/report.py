@@ -12,7 +12,10 @@ from vtbench.results import iter_records, write_text_atomic
 
 # Columns of the summary, in order: (metric key, header).
 COLUMNS = [
+    ("text_acc", "T-ACC"), ("text_ned", "T-NED"), ("cer", "CER"), ("wer", "WER"),
     ("psnr", "PSNR"), ("ssim", "SSIM"), ("lpips", "LPIPS"), ("rfid", "rFID"),
+    ("detail_band_ratio@0.25-0.5", "HF band"), ("detail_band_ratio@0.125-0.25", "MF band"),
+    ("gradient_energy_ratio", "grad energy"),
     ("tokens_per_image", "tokens"), ("bits_per_token", "bits/tok"), ("bpp", "bpp"),
     ("compression_ratio", "ratio"), ("codebook_usage", "usage"), ("token_entropy", "entropy"),
     ("encode_images_per_s", "enc img/s"), ("decode_images_per_s", "dec img/s"),

@@ -50,7 +50,7 @@ class NonFiniteOutputError(RuntimeError):
 class RunConfig:
     """Everything that selects what a run computes (part of its fingerprint) plus how it runs."""
 
-    data: str = "embedded"
+    data: str | None = None  # None: the protocol's default_data ("embedded")
     metrics: list[str] | None = None  # None: the protocol's default list
     protocol: str = "reconstruction"
     preprocess: str | None = None  # None: the protocol's policy
@@ -409,7 +409,8 @@ def run(tokenizers: list[str], cfg: RunConfig,
                          f"evaluation protocol (see `vtbench ls protocols`)")
     policy = get_policy(cfg.preprocess or protocol.get("preprocessing.policy", "native"),
                         cfg.resolution or protocol.get("preprocessing.resolution"))
-    dataset = open_dataset(cfg.data, policy, limit=cfg.limit, seed=cfg.seed)
+    dataset = open_dataset(cfg.data or protocol.get("default_data", "embedded"), policy, limit=cfg.limit,
+                           seed=cfg.seed)
     names = selected_metrics(cfg, protocol)
     if any("words" in METRICS.get(n).needs for n in names):
         attach_words(dataset, cfg.annotations)
