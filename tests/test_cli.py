@@ -64,3 +64,16 @@ def test_run_errors_are_clear(image_folder, tmp_path):
     r = runner.invoke(app, ["run", "-t", "jpeg.q50", "--metrics", "psnrr", "--data", str(image_folder),
                             "--out", str(tmp_path)])
     assert r.exit_code == 2 and "psnr" in r.output
+
+
+def test_task_picks_protocol_and_default_data(tmp_path):
+    r = runner.invoke(app, ["run", "--task", "detail", "-t", "jpeg.q50", "--limit", "2", "--metrics", "psnr,detail",
+                            "--out", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["protocol"] == "detail@1.0" and out["dataset"] == "embedded/detail"
+    assert out["metrics"]["detail_band_ratio@0.25-0.5"] > 0 and out["metrics"]["gradient_energy_ratio"] > 0
+    r = runner.invoke(app, ["run", "--task", "detail", "--protocol", "reconstruction", "-t", "jpeg.q50"])
+    assert r.exit_code == 2 and "not a 'detail' protocol" in r.output
+    r = runner.invoke(app, ["run", "--task", "detial", "-t", "jpeg.q50"])
+    assert r.exit_code == 2 and "Did you mean 'detail'" in r.output
