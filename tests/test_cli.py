@@ -77,3 +77,8 @@ def test_task_picks_protocol_and_default_data(tmp_path):
     assert r.exit_code == 2 and "not a 'detail' protocol" in r.output
     r = runner.invoke(app, ["run", "--task", "detial", "-t", "jpeg.q50"])
     assert r.exit_code == 2 and "Did you mean 'detail'" in r.output
+
+
+def test_weights_with_several_tokenizers_is_a_usage_error():
+    r = runner.invoke(app, ["run", "-t", "jpeg.q50", "-t", "jpeg.q10", "--weights", "x.pt"])
+    assert r.exit_code == 2 and "exactly one --tokenizer" in r.output

@@ -103,6 +103,8 @@ def run(
                         save_reconstructions=save_reconstructions, weights=weights,
                         trust_checkpoint=trust_checkpoint, workers=workers, progress=not (quiet or as_json))
         records = run_eval(names, cfg)
+    except typer.Exit:
+        raise
     except UnknownNameError as exc:
         _fail(str(exc), 2)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
