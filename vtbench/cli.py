@@ -292,6 +292,24 @@ def train_tiny(ctx: typer.Context) -> None:
     sys.exit(main(list(ctx.args)))
 
 
+data_app = typer.Typer(help="Dataset helpers (annotation conversion).")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("convert-tokbench")
+def data_convert_tokbench(
+    src: Path = typer.Argument(..., help="TokBench text annotation JSON (list of {file_name, annotations})."),
+    out: Path = typer.Option(..., "--out", "-o", help="Word manifest to write (JSONL); put it next to the images as words.jsonl."),
+) -> None:
+    """Convert TokBench's text annotations into vtbench's word manifest (keeps TokBench's size ratios)."""
+    from vtbench.data.annotations import AnnotationError, convert_tokbench
+    try:
+        stats = convert_tokbench(src, out)
+    except AnnotationError as exc:
+        _fail(str(exc))
+    typer.echo(f"{out}: {stats['images']} images, {stats['words']} words ({stats['polygons']} from polygons)")
+
+
 leaderboard_app = typer.Typer(help="The static leaderboard site built from result records.")
 app.add_typer(leaderboard_app, name="leaderboard")
 

@@ -95,3 +95,46 @@ def match_annotations(ids: list[str], root: str | os.PathLike | None, manifest: 
         if sid in words:
             out[sid] = words[sid]
     return out
+
+
+def convert_tokbench(src: str | os.PathLike, out: str | os.PathLike) -> dict[str, int]:
+    """TokBench's text annotations -> a vtbench word manifest.
+
+    TokBench (``doctr/datasets/ocr_json.py``) reads a JSON list of ``{"file_name": ..., "annotations": [{"rec":
+    text, "bbox": [xmin, ymin, xmax, ymax] (absolute pixels) or a 4-point polygon, "ratio": relative size}]}``.
+    Polygons become their axis-aligned bounding box; TokBench's own ``ratio`` is kept so its size buckets are
+    reproduced exactly. Returns counts (images, words, polygons)."""
+    src, out = Path(src), Path(out)
+    try:
+        doc = json.loads(src.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AnnotationError(f"cannot read TokBench annotations {str(src)!r}: {exc}") from None
+    if not isinstance(doc, list):
+        raise AnnotationError(f"{src}: expected a JSON list of {{'file_name', 'annotations'}} records")
+    stats = {"images": 0, "words": 0, "polygons": 0}
+    lines = []
+    for k, rec in enumerate(doc):
+        where = f"{src} record {k}"
+        if not isinstance(rec, dict) or "file_name" not in rec or not isinstance(rec.get("annotations"), list):
+            raise AnnotationError(f"{where}: needs 'file_name' and 'annotations'")
+        words = []
+        for word in rec["annotations"]:
+            geom = word.get("bbox")
+            if isinstance(geom, list) and len(geom) == 4 and all(isinstance(p, (list, tuple)) for p in geom):
+                xs, ys = [float(p[0]) for p in geom], [float(p[1]) for p in geom]
+                box = [min(xs), min(ys), max(xs), max(ys)]
+                stats["polygons"] += 1
+            elif isinstance(geom, list) and len(geom) == 4:
+                box = [float(v) for v in geom]
+            else:
+                raise AnnotationError(f"{where}: word without a 4-number bbox or a 4-point polygon: {word!r}")
+            w = {"text": str(word.get("rec", "")), "box": box}
+            if "ratio" in word:
+                w["ratio"] = float(word["ratio"])
+            words.append(_check_word(w, where))
+        stats["images"] += 1
+        stats["words"] += len(words)
+        lines.append(json.dumps({"image": str(rec["file_name"]), "words": words}, ensure_ascii=False))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return stats
