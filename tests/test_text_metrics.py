@@ -15,6 +15,8 @@ from vtbench.metrics.base import Batch
 from vtbench.metrics.text import (OCRErrorRate, TextAccuracy, bucket_of, edit_distance, normalised_edit_similarity,
                                   relative_size, _edit_distance_py)
 
+M = text_mod.TEXT_DEFAULTS["crop_margin"]
+
 
 def test_edit_distance_and_error_rates_agree_with_jiwer():
     refs = ["the quick brown fox", "Hello World", "a b c d", "vtbench 2025 text"]
@@ -26,6 +28,13 @@ def test_edit_distance_and_error_rates_agree_with_jiwer():
     wer = sum(edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps)) / sum(len(r.split()) for r in refs)
     assert cer == pytest.approx(jiwer.cer(refs, hyps), abs=1e-12)
     assert wer == pytest.approx(jiwer.wer(refs, hyps), abs=1e-12)
+
+
+def test_crop_margin_grows_the_box_by_its_shorter_side():
+    img = torch.arange(3 * 50 * 100, dtype=torch.int64).reshape(3, 50, 100).remainder(256).to(torch.uint8)
+    assert text_mod.crop(img, [10, 10, 50, 20]).shape == (10, 40, 3)
+    assert text_mod.crop(img, [10, 10, 50, 20], 0.15).shape == (14, 44, 3)  # 1.5 px each side, rounded outwards
+    assert text_mod.crop(img, [0, 0, 100, 50], 0.5).shape == (50, 100, 3)  # clipped
 
 
 def test_ned_and_buckets_by_hand():
@@ -86,7 +95,7 @@ def test_text_accuracy_identity_perturbation_buckets_and_headline(fake, tmp_path
     monkeypatch.setenv("VTBENCH_CACHE", str(tmp_path))
     img, words = _scene()
     for w in words:
-        fake.register(text_mod.crop(img, w["box"]), w["text"])
+        fake.register(text_mod.crop(img, w["box"], M), w["text"])
     m = TextAccuracy(settings={"edges": {"256": [0.02, 0.03, 0.04, 1.0]}}, resolution=256, reference_key="k")
     per = m.update(Batch(ids=["a"], original=img[None], reconstruction=img[None], annotations=[words]))
     v = m.compute()
@@ -109,7 +118,7 @@ def test_headline_is_unweighted_mean_of_bucket_means(fake):
     img, words = _scene()
     words = [dict(w) for w in words[:3]] + [{"text": "HIJ", "box": [50, 20, 90, 30]}]  # bucket 2 holds two words
     for w in words:
-        fake.register(text_mod.crop(img, w["box"]), w["text"])
+        fake.register(text_mod.crop(img, w["box"], M), w["text"])
     rec = img.clone()
     rec[:, 20:30, 50:90] = 0  # lose one of the two big words
     m = TextAccuracy(resolution=256)
@@ -121,7 +130,7 @@ def test_headline_is_unweighted_mean_of_bucket_means(fake):
 
 def test_words_unreadable_on_the_original_are_excluded_and_counted(fake):
     img, words = _scene()
-    fake.register(text_mod.crop(img, words[0]["box"]), "ab")  # only the first word is readable at all
+    fake.register(text_mod.crop(img, words[0]["box"], M), "ab")  # only the first word is readable at all
     m = TextAccuracy(resolution=256)
     m.update(Batch(ids=["a"], original=img[None], reconstruction=img[None], annotations=[words]))
     v = m.compute()
@@ -138,7 +147,7 @@ def test_no_words_is_null_with_reason_and_states_merge(fake):
     v = m.compute()
     assert v["text_acc"].value is None and "no ground-truth word" in v["text_acc"].reason
     for w in words:
-        fake.register(text_mod.crop(img, w["box"]), w["text"])
+        fake.register(text_mod.crop(img, w["box"], M), w["text"])
     a, b, both = TextAccuracy(resolution=256), TextAccuracy(resolution=256), TextAccuracy(resolution=256)
     img2, _ = _scene(seed=1)
     a.update(Batch(ids=["a"], original=img[None], reconstruction=img[None], annotations=[words]))

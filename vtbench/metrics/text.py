@@ -2,8 +2,9 @@
 
 Two protocols, both with an offline OCR engine (``vtbench.ocr``; EasyOCR by default):
 
-``text`` — with ground truth (TokBench's protocol). Every ground-truth word box is cropped from the
-reconstruction at the ORIGINAL resolution (the ``pad-restore`` policy brings it back) and recognised:
+``text`` — with ground truth (TokBench's protocol). Every ground-truth word box, grown by ``crop_margin`` (0.15)
+of its shorter side so the recogniser sees the word's edges (tight boxes halve EasyOCR's accuracy even on the
+originals: 47.5% vs 93.3% of the 1,404 embedded words), is cropped from the reconstruction at the ORIGINAL resolution (the ``pad-restore`` policy brings it back) and recognised:
 ``text_acc`` = case-sensitive exact match, ``text_ned`` = 1 - edit distance / longer length. Words are bucketed by
 relative size (``min(box w, box h) / max(image h, image w)`` unless the annotation carries TokBench's own
 ``ratio``) with TokBench's edges for the tokenizer's input resolution; the headline is the unweighted mean of the
@@ -33,7 +34,7 @@ from vtbench.metrics.base import Batch, Metric, MetricUnavailable, MetricValue, 
 TOKBENCH_EDGES = {"256": [0.02, 0.03, 0.04, 1.0], "512": [0.01, 0.02, 0.03, 1.0], "1024": [0.005, 0.01, 0.02, 1.0]}
 
 TEXT_DEFAULTS: dict[str, Any] = {"engine": "easyocr", "edges": TOKBENCH_EDGES, "filter_original": True,
-                                 "match": "case-sensitive exact"}
+                                 "match": "case-sensitive exact", "crop_margin": 0.15}
 OCR_DEFAULTS: dict[str, Any] = {"engine": "easyocr", "normalise": "collapse whitespace"}
 
 
@@ -80,11 +81,13 @@ def bucket_of(ratio: float, edges: Sequence[float]) -> int | None:
     return None
 
 
-def crop(image: torch.Tensor, box: Sequence[float]) -> np.ndarray:
-    """uint8 (3, H, W) -> HxWx3 crop of ``box`` (x0, y0, x1, y1; rounded outwards, clipped to the image)."""
+def crop(image: torch.Tensor, box: Sequence[float], margin: float = 0.0) -> np.ndarray:
+    """uint8 (3, H, W) -> HxWx3 crop of ``box`` (x0, y0, x1, y1) grown by ``margin`` x the box's shorter side on
+    every side, rounded outwards and clipped to the image."""
     h, w = image.shape[-2:]
-    x0, y0 = max(0, int(math.floor(box[0]))), max(0, int(math.floor(box[1])))
-    x1, y1 = min(w, int(math.ceil(box[2]))), min(h, int(math.ceil(box[3])))
+    pad = margin * min(box[2] - box[0], box[3] - box[1])
+    x0, y0 = max(0, int(math.floor(box[0] - pad))), max(0, int(math.floor(box[1] - pad)))
+    x1, y1 = min(w, int(math.ceil(box[2] + pad))), min(h, int(math.ceil(box[3] + pad)))
     if x1 <= x0 or y1 <= y0:
         return np.zeros((1, 1, 3), np.uint8)
     return np.ascontiguousarray(image[:, y0:y1, x0:x1].permute(1, 2, 0).cpu().numpy())
@@ -156,8 +159,9 @@ class TextAccuracy(Metric):
                                     f"{sorted(edges_by_res)}); run the text task at one of them")
         self.edges = edges_by_res[res]
         self.resolution = res
+        self.margin = float(self.settings["crop_margin"])
         self.engine = _engine(self.settings["engine"], device)
-        self.cache = _ReferenceCache("words", reference_key, self.engine)
+        self.cache = _ReferenceCache(f"words-m{self.margin:g}", reference_key, self.engine)
         nb = len(self.edges) - 1
         for s in ("acc", "ned", "count"):
             self.add_state(s, torch.zeros(nb, dtype=torch.float64), "sum")
@@ -184,11 +188,11 @@ class TextAccuracy(Metric):
                     continue
                 keep.append(b)
                 gts.append(word["text"])
-                crops_rec.append(crop(batch.reconstruction[i], word["box"]))
+                crops_rec.append(crop(batch.reconstruction[i], word["box"], self.margin))
                 key = f"{sid}#{k}"
                 orig_keys.append(key)
                 if self.settings["filter_original"] and self.cache.get(key) is None:
-                    crops_orig.append((key, crop(batch.original[i], word["box"])))
+                    crops_orig.append((key, crop(batch.original[i], word["box"], self.margin)))
             if crops_orig:
                 for (key, _), text in zip(crops_orig, self.engine.recognize([c for _, c in crops_orig])):
                     self.cache.put(key, text)
@@ -220,7 +224,7 @@ class TextAccuracy(Metric):
                  "n_unreadable_original": int(self.n_unreadable_original),
                  "n_images_without_words": int(self.n_images_without_words),
                  "empty_buckets": [b for b in range(len(count)) if not count[b]],
-                 "engine": self.engine.provenance()}
+                 "crop_margin": self.margin, "engine": self.engine.provenance()}
         if n_counted == 0:
             why = ("no ground-truth word was counted (no word manifest, every word below the first size bucket, or "
                    "none readable on the originals)")
