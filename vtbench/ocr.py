@@ -77,6 +77,20 @@ class OCREngine:
 
     # the interface
     def recognize(self, crops: Sequence[np.ndarray]) -> list[str]:
+        """One string per crop, each recognised on its own (crops smaller than 2x2 read as "")."""
+        texts: list[str] = []
+        with self._engine_context():
+            for crop in crops:
+                rgb = _as_rgb(crop, "crop")
+                h, w = rgb.shape[:2]
+                texts.append("" if h < 2 or w < 2 else self._recognize_one(rgb))
+        return texts
+
+    def _engine_context(self):
+        """The context every engine call runs in (locks, thread limits, warning filters)."""
+        return contextlib.nullcontext()
+
+    def _recognize_one(self, rgb: np.ndarray) -> str:
         raise NotImplementedError
 
     def read(self, image: np.ndarray) -> list[OCRWord]:
@@ -305,19 +319,16 @@ class EasyOCREngine(OCREngine):
         import cv2
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
-    def recognize(self, crops: Sequence[np.ndarray]) -> list[str]:
-        texts: list[str] = []
+    @contextlib.contextmanager
+    def _engine_context(self):
         with self._lock, warnings.catch_warnings(), _torch_threads(self.settings["num_threads"]):
             warnings.simplefilter("ignore")
-            for crop in crops:
-                rgb = _as_rgb(crop, "crop")
-                h, w = rgb.shape[:2]
-                if h < 2 or w < 2:
-                    texts.append("")
-                    continue
-                res = self._recognize_boxes(self._grey(rgb), [[0, w, 0, h]], [])
-                texts.append(res[0][0] if res else "")
-        return texts
+            yield
+
+    def _recognize_one(self, rgb: np.ndarray) -> str:
+        h, w = rgb.shape[:2]
+        res = self._recognize_boxes(self._grey(rgb), [[0, w, 0, h]], [])
+        return res[0][0] if res else ""
 
     def read(self, image: np.ndarray) -> list[OCRWord]:
         from easyocr.utils import group_text_box
@@ -443,19 +454,13 @@ class RapidOCREngine(OCREngine):
         return {"text_score": float(s["text_score"]), "box_thresh": float(s["box_thresh"]),
                 "unclip_ratio": float(s["unclip_ratio"])}
 
-    def recognize(self, crops: Sequence[np.ndarray]) -> list[str]:
-        texts: list[str] = []
-        with self._lock:
-            for crop in crops:
-                rgb = _as_rgb(crop, "crop")
-                h, w = rgb.shape[:2]
-                if h < 2 or w < 2:
-                    texts.append("")
-                    continue
-                bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-                res, _ = self.engine(bgr, use_det=False, use_cls=False, use_rec=True, **self._call_kwargs())
-                texts.append(str(res[0][0]).strip() if res else "")
-        return texts
+    def _engine_context(self):
+        return self._lock
+
+    def _recognize_one(self, rgb: np.ndarray) -> str:
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        res, _ = self.engine(bgr, use_det=False, use_cls=False, use_rec=True, **self._call_kwargs())
+        return str(res[0][0]).strip() if res else ""
 
     def read(self, image: np.ndarray) -> list[OCRWord]:
         rgb = _as_rgb(image)
