@@ -43,3 +43,29 @@ def test_stronger_compression_reads_worse(records):
     cer = [by_name[f"jpeg.q{q}"]["cer"]["value"] for q in (10, 50, 90)]
     assert acc[0] <= acc[1] <= acc[2] <= 1.0 and acc[0] < acc[2]
     assert ned[0] <= ned[1] <= ned[2] and cer[0] >= cer[1] >= cer[2] and cer[0] > cer[2]
+
+
+def test_vtbench_style_parquet_without_ground_truth(records, tmp_path):
+    """VTBench's text configs are parquet files of images (no word boxes): the ``ocr`` metric runs on them."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from vtbench.paths import DATA_DIR
+    cells = []
+    for name in ("sans_small_01.png", "dense_paragraph_01.png"):
+        buf = io.BytesIO()
+        Image.open(DATA_DIR / "embedded" / "text" / name).convert("RGB").save(buf, "PNG")
+        cells.append({"bytes": buf.getvalue(), "path": name})
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    path = tmp_path / "task3-movie-posters" / "test-00000-of-00001.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table({"image": pa.array(cells, type=struct)}), path)
+    cfg = RunConfig(data=str(path.parent), protocol="text", metrics=["ocr"], out=tmp_path / "out", progress=False,
+                    thumbnails=0)
+    rec = run(["identity.none", "jpeg.q10"], cfg)
+    ident, jpeg = (r["metrics"] for r in rec)
+    assert rec[0]["dataset"]["n_used"] == 2 and ident["cer"]["value"] == 0.0 and ident["cer"]["extra"]["ref_chars"] > 20
+    assert jpeg["cer"]["value"] > 0.0
