@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
+
+from vtbench.config import get_card
 
 
 def check_grid_vq_roundtrip(tok, x: torch.Tensor, *, codebook_size: int, grid: tuple[int, int]):
@@ -23,3 +26,17 @@ def check_grid_vq_roundtrip(tok, x: torch.Tensor, *, codebook_size: int, grid: t
     t2 = tok.encode(x)
     assert torch.equal(t.codes, t2.codes) and torch.equal(tok.decode(t2), y)
     return t, y
+
+
+def scaled_card(name: str, params: dict):
+    """The card ``name`` with a scaled-down architecture (any even input size) for fast tests."""
+    return dataclasses.replace(get_card(name), params=params, native_size=None, size_multiple=2)
+
+
+def perturbed(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """``model`` with every parameter moved by seeded Gaussian noise (so default inits do not hide bugs)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model

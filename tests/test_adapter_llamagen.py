@@ -9,7 +9,6 @@ random weights at the real configs (256x256, 2 images) was measured outside the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 
 import pytest
@@ -24,7 +23,7 @@ from vtbench.tokenizers.llamagen import LlamaGenVQ
 from vtbench.tokenizers.official import check_manifest, load_manifest, manifest_state
 from vtbench.tokenizers.weights import WeightsMismatchError
 
-from adapter_checks import check_grid_vq_roundtrip
+from adapter_checks import check_grid_vq_roundtrip, perturbed, scaled_card
 
 VARIANTS = ["llamagen.vq16", "llamagen.vq8", "llamagen.vq16-t2i"]
 # a scaled-down config: 2 levels (downsampling 2), attention at level 1 and in the middle
@@ -47,15 +46,12 @@ def to_official(state: dict[str, torch.Tensor], n_levels: int) -> dict[str, torc
 
 
 def small_card(name="llamagen.vq16", **params):
-    return dataclasses.replace(get_card(name), params={**SMALL, **params}, native_size=None, size_multiple=2)
+    return scaled_card(name, {**SMALL, **params})
 
 
 def random_model(params=SMALL, seed=0):
-    torch.manual_seed(seed)
-    model = LlamaGenVQ.build_model(params)
+    model = perturbed(LlamaGenVQ.build_model(params), seed)
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
         model.quantize.codebook_used.copy_(torch.arange(model.quantize.codebook_used.numel()) % 7)
     return model
 

@@ -8,7 +8,6 @@ suite: identical codes (0 of 512 differ, f16-1024 and f16-16384), decoded images
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -23,7 +22,7 @@ from vtbench.tokenizers.official import check_manifest, load_manifest, manifest_
 from vtbench.tokenizers.taming import TamingVQGAN
 from vtbench.tokenizers.weights import WeightsMismatchError
 
-from adapter_checks import check_grid_vq_roundtrip
+from adapter_checks import check_grid_vq_roundtrip, perturbed, scaled_card
 
 VARIANTS = ["taming.f16-1024", "taming.f16-16384"]
 # scaled-down ddconfig: 2 levels (downsampling 2), attention at side 8 of a 16-pixel training resolution
@@ -45,15 +44,12 @@ class FakeModelCheckpoint:
 
 
 def small_card(name="taming.f16-16384", **params):
-    return dataclasses.replace(get_card(name), params={**SMALL, **params}, native_size=None, size_multiple=2)
+    return scaled_card(name, {**SMALL, **params})
 
 
 def random_model(params=SMALL, seed=0):
-    torch.manual_seed(seed)
-    model = TamingVQGAN.build_model(params)
+    model = perturbed(TamingVQGAN.build_model(params), seed)
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
         model.quantize.embedding.weight.normal_(0, 0.5)
     return model
 

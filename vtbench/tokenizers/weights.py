@@ -292,14 +292,9 @@ def load_official_checkpoint(path: str | Path, *, trust: bool = False, inert: bo
 
 
 def unwrap_state_dict(obj: Any, keys: tuple[str, ...] = ("ema", "model", "state_dict", "module")) -> dict[str, torch.Tensor]:
-    """Return the tensor dict inside common wrapper dicts (``ema`` preferred, then ``model``, ...)."""
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return dict(obj)
-    if isinstance(obj, Mapping):
-        for k in keys:
-            if k in obj and isinstance(obj[k], Mapping):
-                return unwrap_state_dict(obj[k], keys)
-    raise WeightsMismatchError(f"no state dict found (top-level keys: {list(obj)[:10] if isinstance(obj, Mapping) else type(obj)})")
+    """The tensor dict inside common wrapper dicts (``ema`` preferred, then ``model``, ...); see
+    ``extract_state_dict`` for the details and for drop/strip options."""
+    return extract_state_dict(obj, prefer=keys).state
 
 
 def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
