@@ -13,7 +13,9 @@ from vtbench.results import iter_records, write_text_atomic
 # Columns of the summary, in order: (metric key, header).
 COLUMNS = [
     ("text_acc", "T-ACC"), ("text_ned", "T-NED"), ("cer", "CER"), ("wer", "WER"),
-    ("psnr", "PSNR"), ("ssim", "SSIM"), ("lpips", "LPIPS"), ("rfid", "rFID"),
+    ("psnr", "PSNR"), ("ssim", "SSIM"), ("lpips", "LPIPS"), ("rfid", "rFID"), ("pfid@*", "pFID"),
+    ("gfid", "gFID"), ("sfid", "sFID"), ("inception_score", "IS"), ("precision", "Prec"), ("recall", "Rec"),
+    ("val_ce", "val CE"),
     ("detail_band_ratio@0.25-0.5", "HF band"), ("detail_band_ratio@0.125-0.25", "MF band"),
     ("gradient_energy_ratio", "grad energy"),
     ("tokens_per_image", "tokens"), ("bits_per_token", "bits/tok"), ("bpp", "bpp"),
@@ -44,8 +46,16 @@ def _arrow(hib: Any) -> str:
 
 
 def _present(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The columns present in ``records``; ``prefix@*`` entries expand to every configured key (pFID settings)."""
     keys = {k for r in records for k in r.get("metrics", {})}
-    return [(k, h) for k, h in COLUMNS if k in keys]
+    out = []
+    for k, h in COLUMNS:
+        if k.endswith("@*"):
+            found = sorted(x for x in keys if x.startswith(k[:-1]))
+            out += [(x, h if len(found) == 1 else f"{h} {x.split('@', 1)[1]}") for x in found]
+        elif k in keys:
+            out.append((k, h))
+    return out
 
 
 def rich_table(records: list[dict[str, Any]]):

@@ -100,28 +100,47 @@ def selected_metrics(cfg: RunConfig, protocol: Protocol) -> list[str]:
     names = cfg.metrics or protocol.get("metrics.default", [])
     out: list[str] = []
     for n in names:
-        m = metric_for_output(n.strip())  # accepts output keys such as "bpp"; unknown -> did-you-mean
+        n = n.strip()
+        base, _, variant = n.partition("@")
+        if variant and base in METRICS and "variant" in inspect.signature(METRICS.get(base).__init__).parameters:
+            METRICS.get(base).check_variant(variant)  # bad settings fail before any data is read
+            m = n  # a configured instance, e.g. pfid@a0.25_d100_b1 (settings in the name)
+        else:
+            m = metric_for_output(n)  # accepts output keys such as "bpp"; unknown -> did-you-mean
         if m not in out:
             out.append(m)
     return out
 
 
+def metric_config(name: str, protocol: Protocol | None) -> dict[str, Any]:
+    """The ``settings`` (protocol table) and ``variant`` (the part of ``name`` after ``@``) a metric declares."""
+    base, _, variant = name.partition("@")
+    params = inspect.signature(METRICS.get(base).__init__).parameters
+    config: dict[str, Any] = {}
+    if "settings" in params:
+        config["settings"] = dict(protocol.get(base, {}) or {}) if protocol is not None else {}
+    if variant and "variant" in params:
+        config["variant"] = variant
+    return config
+
+
 def build_metrics(names: list[str], device: torch.device, reference_key: str,
-                  protocol: Protocol | None = None, resolution: int | None = None
-                  ) -> tuple[dict[str, Metric], dict[str, str]]:
+                  protocol: Protocol | None = None, resolution: int | None = None,
+                  tokenizer: Tokenizer | None = None) -> tuple[dict[str, Metric], dict[str, str]]:
     """Construct metrics; those that cannot run here are returned as ``{name: reason}``.
 
     A metric's constructor receives, when it declares them: ``device``, ``reference_key`` (caches of
     reference-side work: Inception statistics, OCR of originals), ``resolution`` (the policy's tokenizer input
-    size) and ``settings`` (the protocol's table of the same name, e.g. ``[detail]``)."""
-    available = {"device": device, "reference_key": reference_key, "resolution": resolution}
+    size), ``tokenizer`` (pFID decodes perturbed tokens), ``settings`` (the protocol's table of the same name,
+    e.g. ``[detail]``) and ``variant`` (``pfid@a0.25_d100_b1``: the text after ``@``)."""
+    available = {"device": device, "reference_key": reference_key, "resolution": resolution,
+                 "tokenizer": tokenizer}
     built, unavailable = {}, {}
     for name in names:
-        cls = METRICS.get(name)
+        cls = METRICS.get(name.partition("@")[0])
         params = inspect.signature(cls.__init__).parameters
         kwargs = {k: v for k, v in available.items() if k in params}
-        if "settings" in params:
-            kwargs["settings"] = dict(protocol.get(name, {}) or {}) if protocol is not None else {}
+        kwargs.update(metric_config(name, protocol))
         try:
             built[name] = cls(**kwargs)
         except MetricUnavailable as exc:
@@ -194,7 +213,7 @@ class TokenizerRun:
         ref = fingerprint(dataset.info.id, dataset.info.revision, dataset.info.selection, self.policy.describe(),
                           *words)
         self.metrics, self.unavailable = build_metrics(metric_names, device, reference_key=ref, protocol=protocol,
-                                                       resolution=self.policy.resolution)
+                                                       resolution=self.policy.resolution, tokenizer=tokenizer)
         self.done: set[str] = set()
         self.rows: list[dict[str, Any]] = []
         self.skipped: list[dict[str, str]] = []
@@ -275,10 +294,11 @@ class TokenizerRun:
         recon = torch.stack([_quantise(self.policy.from_model(r.float(), c)) for r, c in zip(rec, ctxs)])
         orig = torch.stack(originals)
         words = self.ds.annotations
+        t3 = time.perf_counter()
+        perturbed = self._perturbed(tokens, ids, ctxs)
         batch = Batch(ids=ids, original=orig.to(self.device), reconstruction=recon.to(self.device), tokens=tokens,
                       encode_seconds=t1 - t0, decode_seconds=t2 - t1,
-                      annotations=None if words is None else [words.get(i) for i in ids])
-        t3 = time.perf_counter()
+                      annotations=None if words is None else [words.get(i) for i in ids], perturbed=perturbed)
         per_sample: dict[str, torch.Tensor] = {}
         for m in self.metrics.values():
             per_sample.update(m.update(batch) or {})
@@ -298,6 +318,25 @@ class TokenizerRun:
                     path = self.dir / THUMBS_DIR / f"{slug(sid)}.{kind}.png"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(img.permute(1, 2, 0).cpu().numpy(), "RGB").save(path)
+
+    def _perturbed(self, tokens: Any, ids: list[str], ctxs: list[Any]) -> dict[str, torch.Tensor] | None:
+        """Reconstructions from perturbed tokens for the metrics that ask (pFID), through the same inverse
+        preprocessing and uint8 quantisation as the reconstruction. Timed as metric work, not decode."""
+        out = {}
+        for m in self.metrics.values():
+            make = getattr(m, "perturbed_tokens", None)
+            if make is None:
+                continue
+            with torch.inference_mode():
+                rec = self.tok.decode(make(tokens, self.tok, ids))
+            bad = ~torch.isfinite(rec).flatten(1).all(dim=1)
+            if bad.any():
+                which = [i for i, b in zip(ids, bad.tolist()) if b]
+                raise NonFiniteOutputError(f"{self.tok.name} produced NaN/Inf pixels from perturbed tokens ({m.key}) "
+                                           f"for {which[:5]}; results so far are kept in {self.dir / PROGRESS_FILE}")
+            out[m.key] = torch.stack([_quantise(self.policy.from_model(r.float(), c))
+                                      for r, c in zip(rec, ctxs)]).to(self.device)
+        return out or None
 
     def _thumbnails(self) -> list[dict[str, str]]:
         out = []
@@ -373,7 +412,8 @@ class TokenizerRun:
         for name, m in self.metrics.items():
             values.update(m.compute())
         for name, reason in self.unavailable.items():
-            values.update(METRICS.get(name).unavailable(reason, n_used))
+            values.update(METRICS.get(name.partition("@")[0]).unavailable(reason, n_used,
+                                                                          **metric_config(name, self.protocol)))
         self.timings["metrics_s"] += time.perf_counter() - t0
         record = new_record(
             created=started, finished=datetime.now(timezone.utc).isoformat(),
@@ -412,7 +452,7 @@ def run(tokenizers: list[str], cfg: RunConfig,
     dataset = open_dataset(cfg.data or protocol.get("default_data", "embedded"), policy, limit=cfg.limit,
                            seed=cfg.seed)
     names = selected_metrics(cfg, protocol)
-    if any("words" in METRICS.get(n).needs for n in names):
+    if any("words" in METRICS.get(n.partition("@")[0]).needs for n in names):
         attach_words(dataset, cfg.annotations)
     log.info("dataset %s: %d images (%s); metrics: %s; device: %s", dataset.info.id, len(dataset),
              policy.describe(), ", ".join(names), device)

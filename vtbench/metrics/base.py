@@ -62,6 +62,8 @@ class Batch:
     encode_seconds: float = 0.0
     decode_seconds: float = 0.0
     annotations: list | None = None  # per sample: ground-truth words ([{"text", "box"}]) or None (text task)
+    # uint8 reconstructions decoded from perturbed tokens, keyed by the pFID metric's key (pfid@a0.5_d100_b1)
+    perturbed: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         for name in ("original", "reconstruction"):
@@ -170,8 +172,13 @@ class Metric:
                            display_name=out.display_name, reason=reason, extra=extra)
 
     @classmethod
-    def unavailable(cls, reason: str, n: int = 0) -> dict[str, MetricValue]:
-        """Null values with ``reason`` for every output of this metric."""
+    def check_variant(cls, variant: str) -> None:
+        """Raise ``ValueError`` when ``variant`` (the text after ``@`` in ``pfid@a0.5_d100_b1``) is malformed."""
+
+    @classmethod
+    def unavailable(cls, reason: str, n: int = 0, **config: Any) -> dict[str, MetricValue]:
+        """Null values with ``reason`` for every output of this metric (``config``: the constructor's
+        ``settings`` / ``variant``, for metrics whose output keys depend on them)."""
         return {o.key: MetricValue(None, n, o.higher_is_better, o.unit, o.display_name, reason) for o in cls.outputs}
 
 

@@ -52,6 +52,7 @@ class RFID(Metric):
     """
 
     name = "rfid"
+    key = "rfid"  # the output key (pFID, a subclass, keys its values by its settings)
     outputs = (Output("rfid", "rFID", "", False),)
     needs = frozenset({"pixels", "features"})
 
@@ -96,7 +97,7 @@ class RFID(Metric):
             ref = self._stats("ref")
             n_ref = int(ref.n)
             if n_ref < 2:
-                return {"rfid": self.value("rfid", None, n, reason=f"FID needs at least 2 images, got {n_ref}",
+                return {self.key: self.value(self.key, None, n, reason=f"FID needs at least 2 images, got {n_ref}",
                                            n_reference=n_ref, **extra)}
             ref_mu, ref_sigma = ref.mean_cov()
             if self.cache_path is not None:
@@ -105,12 +106,12 @@ class RFID(Metric):
                 extra["reference_cache"] = "written"
         extra["n_reference"] = n_ref
         if n < 2:
-            return {"rfid": self.value("rfid", None, n, reason=f"FID needs at least 2 images, got {n}", **extra)}
+            return {self.key: self.value(self.key, None, n, reason=f"FID needs at least 2 images, got {n}", **extra)}
         if min(n, n_ref or n) < FULL_RANK_N:
             extra["warning"] = (f"FID on {min(n, n_ref or n)} < {FULL_RANK_N} images: the covariance is "
                                 "rank-deficient, so the value is biased high and only comparable at equal N")
         mu, sigma = rec.mean_cov()
-        return {"rfid": self.value("rfid", frechet_distance(mu, sigma, ref_mu, ref_sigma), n, **extra)}
+        return {self.key: self.value(self.key, frechet_distance(mu, sigma, ref_mu, ref_sigma), n, **extra)}
 
 
 __all__ = ["RFID", "MetricUnavailable", "reference_cache_path"]

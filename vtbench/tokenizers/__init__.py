@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from vtbench.registry import load_object
-from vtbench.tokenizers.base import Tokenizer, TokenizerCard, Tokens, UnsupportedResolutionError
+from vtbench.tokenizers.base import (PerturbationUnsupported, Tokenizer, TokenizerCard, Tokens,
+                                     UnsupportedResolutionError)
 
 
 def list_tokenizers(pattern: str | None = None, *, default_run: bool | None = None) -> list[str]:
@@ -37,4 +38,4 @@ def build_tokenizer(name: str, *, weights: str | Path | None = None, trust: bool
     return tok.to(device)
 
 
-__all__ = ["Tokenizer", "TokenizerCard", "Tokens", "UnsupportedResolutionError", "build_tokenizer", "list_tokenizers"]
+__all__ = ["PerturbationUnsupported", "Tokenizer", "TokenizerCard", "Tokens", "UnsupportedResolutionError", "build_tokenizer", "list_tokenizers"]

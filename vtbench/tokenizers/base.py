@@ -21,6 +21,14 @@ class UnsupportedResolutionError(ValueError):
     """The tokenizer cannot take images of this size under the chosen preprocessing policy."""
 
 
+class PerturbationUnsupported(ValueError):
+    """The tokenizer has no discrete neighbour sets, so pFID is not defined for it (``reason`` says why)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass
 class TokenizerCard:
     """One tokenizer variant as declared in a ``tokenizers/*.toml`` card."""
@@ -71,6 +79,9 @@ class Tokens:
     latents: torch.Tensor | None = None
     payload: list[bytes] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # The vectors the quantiser saw, in its own space (after any l2-normalisation), one per code position:
+    # (N, *layout, C). Kept so pFID can build each token's neighbour set; None for codecs and continuous kinds.
+    quantizer_input: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.bits.shape[0])
@@ -131,6 +142,68 @@ class Tokenizer:
 
     def tokens_per_image(self, height: int, width: int) -> int | None:
         raise NotImplementedError
+
+    # -- codes from elsewhere (AR samples, token files) ------------------------------------------------
+    def tokens_from_codes(self, codes: torch.Tensor, height: int | None = None, width: int | None = None) -> Tokens:
+        """Wrap integer ``codes`` (from an AR prior, a token file) into ``Tokens`` that ``decode`` accepts.
+
+        The layout, bits and per-shape ``meta`` (scales, views, image size) come from encoding one mid-grey
+        ``height x width`` image (default: the card's native size), so codes must have exactly the shape this
+        tokenizer produces at that size. Raises ``ValueError`` naming the expected shape or code range.
+        """
+        if height is None or width is None:
+            if self.card.native_size is None:
+                raise ValueError(f"{self.name} has no native size: give height and width of the images the "
+                                 "codes were made from")
+            height = width = self.card.native_size
+        template = self.template_tokens(int(height), int(width))
+        if template.codes is None or not template.codebook_size:
+            raise ValueError(f"{self.name} ({self.card.kind}) has no integer codes to decode")
+        codes = torch.as_tensor(codes)
+        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+            raise ValueError(f"codes must be integers, got {codes.dtype}")
+        expected = tuple(template.codes.shape[1:])
+        if codes.ndim != len(expected) + 1 or tuple(codes.shape[1:]) != expected:
+            raise ValueError(f"{self.name} at {height}x{width} makes codes of shape (N, {', '.join(map(str, expected))})"
+                             f" with layout {template.layout}; got {tuple(codes.shape)}")
+        k = int(template.codebook_size)
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= k):
+            raise ValueError(f"codes must lie in [0, {k}) for {self.name}; got [{int(codes.min())}, {int(codes.max())}]")
+        n = codes.shape[0]
+        return Tokens(kind=template.kind, bits=template.bits[:1].expand(n).clone(),
+                      tokens_per_image=template.tokens_per_image, codes=codes.long().to(template.codes.device),
+                      layout=template.layout, codebook_size=k, meta=dict(template.meta))
+
+    def template_tokens(self, height: int, width: int) -> Tokens:
+        """The ``Tokens`` of one mid-grey ``height x width`` image (cached per size)."""
+        cache = self.__dict__.setdefault("_templates", {})
+        if (height, width) not in cache:
+            self.check_size(height, width)
+            with torch.inference_mode():
+                cache[(height, width)] = self.encode(torch.full((1, 3, height, width), 0.5, device=self.device))
+        return cache[(height, width)]
+
+    # -- pFID ---------------------------------------------------------------------------------------
+    # One line saying how neighbour sets are built, recorded with every pFID value; None: pFID not defined.
+    neighbour_rule: str | None = None
+
+    def perturbation_support(self) -> str:
+        """The neighbour rule, or raise ``PerturbationUnsupported`` with the reason pFID is not defined here."""
+        if self.neighbour_rule:
+            return self.neighbour_rule
+        kind = self.card.kind
+        if kind in ("continuous",):
+            raise PerturbationUnsupported(f"{self.name} has continuous latents: pFID perturbs discrete tokens "
+                                          "within their codebook neighbourhoods and is not defined here")
+        if kind in ("codec", "reference"):
+            raise PerturbationUnsupported(f"{self.name} is a {kind} row (no token codebook): pFID is not defined")
+        raise PerturbationUnsupported(f"{self.name}: the adapter does not define neighbour sets for pFID yet")
+
+    def neighbours(self, tokens: Tokens, delta: int) -> torch.Tensor:
+        """pFID neighbour sets: int64 ``(N, *layout, k)``, for every code position the ``k = min(delta, ...)``
+        codes nearest its quantiser input (nearest first; the code itself is normally first)."""
+        raise PerturbationUnsupported(self.perturbation_support() and
+                                      f"{self.name}: neighbour_rule is set but neighbours() is not implemented")
 
     def to(self, device: str | torch.device) -> "Tokenizer":
         self.device = torch.device(device)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vtbench.tokenizers.neighbours import nearest_entries, nearest_lattice_points
+
 # Rows per distance chunk scale with the codebook so one chunk holds about 4M distances (16 MB fp32).
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -98,6 +100,17 @@ class VectorQuantizer(nn.Module):
         """int codes (N, h, w) -> float (N, d, h, w)."""
         return F.embedding(codes.long(), self._codes_matrix()).permute(0, 3, 1, 2).contiguous()
 
+    @torch.no_grad()
+    def quantizer_input(self, z: torch.Tensor) -> torch.Tensor:
+        """What the nearest-neighbour search sees, channels last: (N, h, w, d) (normalised when ``l2_norm``)."""
+        return self._prepare(z.float()).permute(0, 2, 3, 1).contiguous()
+
+    @torch.no_grad()
+    def neighbours(self, qin: torch.Tensor, delta: int) -> torch.Tensor:
+        """pFID sets: the ``min(delta, K)`` codes nearest each vector of ``qin`` (..., d) -> (..., k)."""
+        rows = nearest_entries(qin.reshape(-1, self.dim), self._codes_matrix().float(), delta)
+        return rows.view(*qin.shape[:-1], rows.shape[1])
+
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z = self._prepare(z)
         codes = self.encode(z)
@@ -159,6 +172,20 @@ class ResidualVQ(nn.Module):
             codes.append(c)
         z_st = z + (z_q - z).detach()
         return z_st, torch.stack(codes, dim=-1), loss
+
+    @torch.no_grad()
+    def quantizer_input(self, z: torch.Tensor) -> torch.Tensor:
+        """The residual each depth quantised (as that depth's search sees it): (N, h, w, depth, d)."""
+        residual, out = z.float(), []
+        for q in self.levels:
+            out.append(q.quantizer_input(residual))
+            residual = residual - q.lookup(q.encode(residual))
+        return torch.stack(out, dim=3)
+
+    @torch.no_grad()
+    def neighbours(self, qin: torch.Tensor, delta: int) -> torch.Tensor:
+        """pFID sets per depth, on that depth's codebook: (N, h, w, depth, d) -> (N, h, w, depth, k)."""
+        return torch.stack([q.neighbours(qin[..., i, :], delta) for i, q in enumerate(self.levels)], dim=3)
 
     @torch.no_grad()
     def residuals(self, z: torch.Tensor) -> list[torch.Tensor]:
@@ -225,6 +252,20 @@ class FSQ(nn.Module):
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z: float (N, d, h, w) -> int64 codes (N, h, w) in [0, prod(levels))."""
         return self.digits_to_codes(self._digits(z))
+
+    @torch.no_grad()
+    def quantizer_input(self, z: torch.Tensor) -> torch.Tensor:
+        """The bounded latent in integer level units, channels last: (N, h, w, d); ``round`` gives the code."""
+        return self.bound(z.float()).permute(0, 2, 3, 1).contiguous()
+
+    @torch.no_grad()
+    def neighbours(self, qin: torch.Tensor, delta: int) -> torch.Tensor:
+        """pFID sets: the ``min(delta, prod(levels))`` lattice points nearest each bounded latent, distances
+        in the quantised latent's units (level / (L // 2)): (N, h, w, d) -> (N, h, w, k) codes."""
+        digits = nearest_lattice_points(qin.reshape(-1, self.dim), self.levels, delta,
+                                        scale=[1.0 / (v // 2) for v in self.levels])
+        codes = (digits * self._basis.to(digits.device)).sum(-1)
+        return codes.view(*qin.shape[:-1], codes.shape[1])
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """int codes (N, h, w) -> float (N, d, h, w), values ``(digit - L//2) / (L//2)``."""

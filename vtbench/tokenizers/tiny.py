@@ -153,13 +153,33 @@ class TinyTokenizer(Tokenizer):
         n, _, h, w = images.shape
         self.check_size(h, w)
         x = images.to(self.device, torch.float32) * 2.0 - 1.0
-        codes = self.model.encode_codes(x).long()
+        z = self.model.encoder(x)
+        q = self.model.quantizer
+        codes = q.encode(z).long()
         kind = self.model.kind
         per_image = codes[0].numel()  # h*w, or h*w*depth for RVQ
         layout = ("h", "w", "depth") if kind == "rvq" else ("h", "w")
         return Tokens(kind=kind, bits=code_bits(per_image, self.codebook_size, n),
                       tokens_per_image=self.tokens_per_image(h, w), codes=codes, layout=layout,
-                      codebook_size=self.codebook_size, meta={"image_size": (h, w)})
+                      codebook_size=self.codebook_size, meta={"image_size": (h, w)},
+                      quantizer_input=q.quantizer_input(z))
+
+    _RULES = {
+        "vq": "vq: the delta codebook entries nearest the encoder vector (L2; l2-normalised vectors and codes "
+              "when the codebook is cosine)",
+        "rvq": "rvq: at every depth, the delta entries of that depth's codebook nearest the residual it quantised",
+        "fsq": "fsq: the delta lattice points nearest the bounded latent, distances in quantised-latent units",
+    }
+
+    @property
+    def neighbour_rule(self) -> str | None:  # type: ignore[override]
+        return self._RULES.get(self.model.kind)
+
+    def neighbours(self, tokens: Tokens, delta: int) -> torch.Tensor:
+        if tokens.quantizer_input is None:
+            raise ValueError(f"{self.name}: these Tokens carry no quantizer_input (made by tokens_from_codes?); "
+                             "pFID needs tokens from encode")
+        return self.model.quantizer.neighbours(tokens.quantizer_input.to(self.device), delta)
 
     @torch.inference_mode()
     def decode(self, tokens: Tokens) -> torch.Tensor:
