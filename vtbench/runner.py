@@ -447,6 +447,9 @@ def run(tokenizers: list[str], cfg: RunConfig,
     if protocol.task == "compare":
         raise ValueError(f"--protocol {cfg.protocol}: {protocol.path} holds the compare gate's tolerances, not an "
                          f"evaluation protocol (see `vtbench ls protocols`)")
+    if protocol.task == "generation":
+        raise ValueError(f"--protocol {cfg.protocol}: {protocol.path} is a generation protocol; score samples with "
+                         f"`vtbench gfid SAMPLES --ref REF` or train the AR probe with `vtbench probe TOKENIZER`")
     policy = get_policy(cfg.preprocess or protocol.get("preprocessing.policy", "native"),
                         cfg.resolution or protocol.get("preprocessing.resolution"))
     dataset = open_dataset(cfg.data or protocol.get("default_data", "embedded"), policy, limit=cfg.limit,
