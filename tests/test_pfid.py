@@ -25,6 +25,19 @@ def test_nearest_entries_on_a_line_orders_by_distance_then_index():
         nearest_entries(x, codebook, 0)
 
 
+def test_ties_at_the_boundary_keep_the_lower_indices():
+    codebook = torch.tensor([[5.0], [1.0], [3.0], [1.0], [3.0], [1.0], [3.0]])
+    x = torch.zeros(1, 1)
+    # three entries at distance 1, three at 9: k=4 keeps all the 1s and the lowest-index 3 (index 2)
+    assert nearest_entries(x, codebook, 4).tolist() == [[1, 3, 5, 2]]
+    g = torch.Generator().manual_seed(0)
+    costs = [torch.randint(0, 3, (50, 6), generator=g).float() for _ in range(3)]  # integer costs: many ties
+    for row, ch in zip(range(50), k_smallest_sums(costs, 7)[1]):
+        brute = sorted(itertools.product(range(6), repeat=3),
+                       key=lambda c: (sum(float(costs[i][row, c[i]]) for i in range(3)), c))[:7]
+        assert [tuple(c) for c in ch.tolist()] == brute
+
+
 def test_nearest_entries_matches_brute_force_and_chunking():
     g = torch.Generator().manual_seed(0)
     x, cb = torch.randn(300, 8, generator=g), torch.randn(512, 8, generator=g)

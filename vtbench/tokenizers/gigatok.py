@@ -27,6 +27,10 @@ Training-only tensors in the release files are dropped: the semantic-regularisat
 usage buffer ``quantize.codebook_used``. The official quantiser applies the rotation trick in its forward pass;
 at inference that returns the selected codebook row (up to rounding), and the official reconstruction script
 decodes from the codes, as this adapter does.
+
+pFID: the official quantiser l2-normalises latents and codebook before its squared-L2 argmin (``codebook_l2_norm:
+True`` in every released config), as LlamaGen's does, so each token's neighbour set is the ``delta`` entries of the
+normalised codebook nearest its normalised latent (``Tokens.quantizer_input``, (N, T, 8)).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from torch import nn
 from vtbench.tokenizers.base import Tokens, code_bits
 from vtbench.tokenizers.ldm import Encoder as ConvEncoder
 from vtbench.tokenizers.ldm import ResnetBlock, norm
+from vtbench.tokenizers.neighbours import nearest_entries
 from vtbench.tokenizers.official import CheckpointTokenizer
 from vtbench.tokenizers.quantizers import nearest_code
 from vtbench.tokenizers.weights import rename_keys
@@ -292,6 +297,15 @@ class Codebook(nn.Module):
         z = F.normalize(z, dim=-1) if self.l2_norm else z
         return nearest_code(z.reshape(-1, d).float(), self.table().float()).view(n, t)
 
+    @torch.no_grad()
+    def quantizer_input(self, z: torch.Tensor) -> torch.Tensor:  # (N, T, d) -> (N, T, d), as encode compares it
+        return (F.normalize(z, dim=-1) if self.l2_norm else z).float()
+
+    @torch.no_grad()
+    def neighbours(self, qin: torch.Tensor, delta: int) -> torch.Tensor:  # (N, T, d) -> (N, T, k), nearest first
+        rows = nearest_entries(qin.reshape(-1, qin.shape[-1]), self.table().float(), delta)
+        return rows.view(*qin.shape[:-1], rows.shape[1])
+
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:  # (N, T) -> (N, T, d)
         return F.embedding(codes.long(), self.table())
 
@@ -383,10 +397,29 @@ class GigaTokTokenizer(CheckpointTokenizer):
         self.check_size(h, w)
         if (h, w) != (self.model_image_size, self.model_image_size):
             raise ValueError(f"{self.name}: the model is built for {self.model_image_size}x{self.model_image_size}")
-        codes = self.model.encode_codes(self.to_model(images))
+        z = self.model.encode_latents(self.to_model(images))
+        codes = self.model.quantize.encode(z)  # = model.encode_codes(x)
         t = codes.shape[1]
         return Tokens(kind=self.card.kind, bits=code_bits(t, self.codebook_size, n), tokens_per_image=t,
-                      codes=codes.long(), layout=("token",), codebook_size=self.codebook_size)
+                      codes=codes.long(), layout=("token",), codebook_size=self.codebook_size,
+                      quantizer_input=self.model.quantize.quantizer_input(z))
+
+    RULE_L2NORM = ("vq, l2-normalised codebook: per 1D token, the delta entries of the l2-normalised codebook "
+                   "nearest (squared L2 on unit vectors, i.e. largest cosine) the l2-normalised quant_conv output, "
+                   "nearest first, ties to the lower index (ImageFolder's latent_perturbation)")
+    RULE_PLAIN = ("vq: per 1D token, the delta codebook entries nearest (squared L2) the quant_conv output, "
+                  "nearest first, ties to the lower index")
+
+    @property
+    def neighbour_rule(self) -> str:  # type: ignore[override]
+        return self.RULE_L2NORM if self.model.quantize.l2_norm else self.RULE_PLAIN
+
+    def neighbours(self, tokens: Tokens, delta: int) -> torch.Tensor:
+        """pFID sets (``Tokenizer.neighbours``): int64 (N, T, k), k = min(delta, K), nearest first."""
+        if tokens.quantizer_input is None:
+            raise ValueError(f"{self.name}: these Tokens carry no quantizer_input (made by tokens_from_codes?); "
+                             "pFID needs tokens from encode")
+        return self.model.quantize.neighbours(tokens.quantizer_input.to(self.device), delta)
 
     @torch.no_grad()
     def decode(self, tokens: Tokens) -> torch.Tensor:

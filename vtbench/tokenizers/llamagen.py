@@ -27,6 +27,10 @@ possibly ``ema`` in training checkpoints); like the official reconstruction scri
 when present.
 
 Images: RGB in ``[-1, 1]``; codes ``(N, H/f, W/f)`` int64, 14 bits each.
+
+pFID (``neighbour_rule``, ``neighbours``, shared with taming in ``VQGANTokenizer``): each token's set is the
+``delta`` entries of the l2-normalised codebook nearest the l2-normalised ``quant_conv`` output, the vectors
+ImageFolder's ``latent_perturbation.add_perturbation`` ranks (``Tokens.quantizer_input``, (N, h, w, 8)).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ set is reproducible on any device. Work is chunked so memory stays bounded whate
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -25,14 +26,27 @@ import torch
 _CHUNK_ELEMENTS = 1 << 24  # distances per chunk (64 MB fp32)
 
 
-def _ordered_topk(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` smallest entries of each row of ``dist`` (M, K), ordered by (value, index)."""
-    vals, idx = torch.topk(dist, k, dim=1, largest=False, sorted=True)
-    # topk's order among equal values is unspecified: re-sort stably by index, then by value
-    order = torch.argsort(idx, dim=1, stable=True)
-    vals, idx = vals.gather(1, order), idx.gather(1, order)
+def _ordered_topk(dist: torch.Tensor, k: int, keys: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` smallest entries of each row of ``dist`` (M, K), ordered by (value, key); ``keys`` (M, K)
+    int64 defaults to the column index. Returns ``(values, positions)``. Exact with ties: equal values that
+    straddle the k-th place are settled by the key, as a full stable sort would."""
+    if keys is None:
+        keys = torch.arange(dist.shape[1], device=dist.device).expand_as(dist)
+    vals, pos = torch.topk(dist, k, dim=1, largest=False, sorted=True)
+    kth = vals[:, -1:]
+    straddle = ((dist == kth).sum(1) > (vals == kth).sum(1)).nonzero().flatten()
+    if straddle.numel():  # rare: redo these rows with a full sort by (value, key)
+        d, kk = dist[straddle], keys[straddle]
+        order = torch.argsort(kk, dim=1, stable=True)
+        order = order.gather(1, torch.argsort(d.gather(1, order), dim=1, stable=True))
+        pos[straddle] = order[:, :k]
+        vals[straddle] = d.gather(1, pos[straddle])
+    # topk's order among equal values is unspecified: order the kept entries by key, then stably by value
+    order = torch.argsort(keys.gather(1, pos), dim=1, stable=True)
+    vals, pos = vals.gather(1, order), pos.gather(1, order)
     order = torch.argsort(vals, dim=1, stable=True)
-    return vals.gather(1, order), idx.gather(1, order)
+    return vals.gather(1, order), pos.gather(1, order)
 
 
 def nearest_entries(x: torch.Tensor, codebook: torch.Tensor, delta: int,
@@ -70,18 +84,22 @@ def k_smallest_sums(costs: Sequence[torch.Tensor], k: int) -> tuple[torch.Tensor
     if not costs:
         raise ValueError("k_smallest_sums needs at least one coordinate")
     m = costs[0].shape[0]
+    if math.prod(c.shape[1] for c in costs) >= 1 << 62:
+        raise ValueError("k_smallest_sums: more than 2^62 combinations (tie-break keys would overflow int64)")
     total = torch.zeros(m, 1, dtype=torch.float64, device=costs[0].device)
     choice = torch.zeros(m, 1, 0, dtype=torch.long, device=costs[0].device)
+    lex = torch.zeros(m, 1, dtype=torch.long, device=costs[0].device)  # the prefix as a mixed-radix number
     for c in costs:
         c = c.to(torch.float64)
         n_prev, n_opt = total.shape[1], c.shape[1]
         sums = (total.unsqueeze(2) + c.unsqueeze(1)).reshape(m, n_prev * n_opt)
+        keys = (lex.unsqueeze(2) * n_opt + torch.arange(n_opt, device=c.device)).reshape(m, n_prev * n_opt)
         keep = min(k, sums.shape[1])
-        # flat index = prev_rank * n_opt + option: ordering by it is lexicographic in the choice
-        vals, flat = _ordered_topk(sums, keep)
+        vals, flat = _ordered_topk(sums, keep, keys)  # ties in lexicographic order of the choice
         prev, opt = flat // n_opt, flat % n_opt
         choice = torch.cat([choice.gather(1, prev.unsqueeze(2).expand(-1, -1, choice.shape[2])),
                             opt.unsqueeze(2)], dim=2)
+        lex = keys.gather(1, flat)
         total = vals
     return total, choice
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from vtbench.tokenizers.base import Tokens, code_bits
 from vtbench.tokenizers.ldm import Decoder, Encoder, attn_levels_from_resolutions
+from vtbench.tokenizers.neighbours import nearest_entries
 from vtbench.tokenizers.official import CheckpointTokenizer
 from vtbench.tokenizers.quantizers import nearest_code_full
 from vtbench.tokenizers.weights import WeightsMismatchError
@@ -76,16 +77,35 @@ class ResidualQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z: (N, H, W, D) -> int64 codes (N, h, w, depth)."""
+        return self.encode_with_inputs(z)[0]
+
+    @torch.no_grad()
+    def encode_with_inputs(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z: (N, H, W, D) -> (codes (N, h, w, depth), the residual each depth quantised (N, h, w, depth, dim))."""
         v = self.group(z.float())
         n, h, w, dim = v.shape
         residual = v.reshape(-1, dim).clone()
-        codes = []
+        codes, inputs = [], []
         for i in range(self.depth):
             book = self.book(i)
+            inputs.append(residual.clone())
             c = nearest_code_full(residual, book)
             residual.sub_(book[c])
             codes.append(c)
-        return torch.stack(codes, dim=-1).view(n, h, w, self.depth)
+        return (torch.stack(codes, dim=-1).view(n, h, w, self.depth),
+                torch.stack(inputs, dim=1).view(n, h, w, self.depth, dim))
+
+    @torch.no_grad()
+    def neighbours(self, qin: torch.Tensor, delta: int) -> torch.Tensor:
+        """pFID sets: at depth i, the ``min(delta, n_embed)`` entries of depth i's codebook (the shared one when
+        shared; only the ``n_embed`` real rows exist here, so the official padding row is never a candidate)
+        nearest the residual ``qin[..., i, :]`` -> int64 (N, h, w, depth, k), nearest first."""
+        sets = []
+        for i in range(self.depth):
+            x = qin[..., i, :]
+            rows = nearest_entries(x.reshape(-1, self.dim), self.book(i).float(), delta)
+            sets.append(rows.view(*x.shape[:-1], rows.shape[1]))
+        return torch.stack(sets, dim=-2)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (N, h, w, depth) -> latent (N, H, W, D): the sum of the chosen entries over depth."""
@@ -178,11 +198,25 @@ class RQVAETokenizer(CheckpointTokenizer):
     def encode(self, images: torch.Tensor) -> Tokens:
         self.check_size(images.shape[-2], images.shape[-1])
         q = self.model.quantizer
-        codes = q.encode(self.model.latent(self.to_model(images)))
+        codes, qin = q.encode_with_inputs(self.model.latent(self.to_model(images)))
         n, h, w, depth = codes.shape
         return Tokens(kind=self.card.kind, bits=code_bits(h * w * depth, q.n_embed, n), tokens_per_image=h * w,
                       codes=codes, layout=("h", "w", "depth"), codebook_size=q.n_embed,
-                      meta={"depth": depth})
+                      meta={"depth": depth}, quantizer_input=qin)
+
+    @property
+    def neighbour_rule(self) -> str:  # type: ignore[override]
+        book = ("the shared codebook" if self.model.quantizer.shared else "that depth's codebook")
+        return (f"rvq: at every depth, the delta entries of {book} (its n_embed real rows; the checkpoint's padding "
+                "row is never a candidate) nearest (squared L2) the residual that depth quantised, nearest first, "
+                "ties to the lower index")
+
+    def neighbours(self, tokens: Tokens, delta: int) -> torch.Tensor:
+        """pFID sets (``Tokenizer.neighbours``): int64 (N, h, w, depth, k), k = min(delta, n_embed)."""
+        if tokens.quantizer_input is None:
+            raise ValueError(f"{self.name}: these Tokens carry no quantizer_input (made by tokens_from_codes?); "
+                             "pFID needs tokens from encode")
+        return self.model.quantizer.neighbours(tokens.quantizer_input.to(self.device), delta)
 
     @torch.no_grad()
     def decode(self, tokens: Tokens) -> torch.Tensor:

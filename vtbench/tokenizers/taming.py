@@ -26,6 +26,7 @@ from torch import nn
 
 from vtbench.tokenizers.base import Tokens, code_bits
 from vtbench.tokenizers.ldm import Decoder, Encoder, attn_levels_from_resolutions
+from vtbench.tokenizers.neighbours import nearest_entries
 from vtbench.tokenizers.official import CheckpointTokenizer
 from vtbench.tokenizers.quantizers import nearest_code
 
@@ -66,6 +67,22 @@ class EmbeddingQuantizer(nn.Module):
         """int codes (N, h, w) -> float (N, d, h, w)."""
         return F.embedding(codes.long(), self.codebook()).permute(0, 3, 1, 2).contiguous()
 
+    @torch.no_grad()
+    def quantizer_input(self, z: torch.Tensor) -> torch.Tensor:
+        """What ``encode``'s nearest-neighbour search sees, channels last: (N, h, w, d), l2-normalised when
+        ``l2_norm`` (the same float32 vectors ``encode`` compares)."""
+        z = z.float()
+        if self.l2_norm:
+            z = F.normalize(z, p=2, dim=1)
+        return z.permute(0, 2, 3, 1).contiguous()
+
+    @torch.no_grad()
+    def neighbours(self, qin: torch.Tensor, delta: int) -> torch.Tensor:
+        """pFID sets: the ``min(delta, K)`` entries of ``codebook()`` (normalised when ``l2_norm``) nearest each
+        vector of ``qin`` (..., d), nearest first -> int64 (..., k)."""
+        rows = nearest_entries(qin.reshape(-1, self.dim), self.codebook().float(), delta)
+        return rows.view(*qin.shape[:-1], rows.shape[1])
+
 
 class VQGAN(nn.Module):
     """encoder -> quant_conv -> quantize -> post_quant_conv -> decoder (taming's module names)."""
@@ -99,6 +116,24 @@ class VQGANTokenizer(CheckpointTokenizer):
 
     model: VQGAN
 
+    # pFID neighbour rules (``Tokenizer.neighbour_rule``): plain codebooks (taming) and l2-normalised ones (LlamaGen)
+    RULE_PLAIN = ("vq: the delta codebook entries nearest (squared L2) the quant_conv output vector the quantiser "
+                  "compared, nearest first, ties to the lower index")
+    RULE_L2NORM = ("vq, l2-normalised codebook: the delta entries of the l2-normalised codebook nearest (squared L2 "
+                   "on unit vectors, i.e. largest cosine) the l2-normalised quant_conv output, nearest first, ties to "
+                   "the lower index (ImageFolder's latent_perturbation)")
+
+    @property
+    def neighbour_rule(self) -> str:  # type: ignore[override]
+        return self.RULE_L2NORM if self.model.quantize.l2_norm else self.RULE_PLAIN
+
+    def neighbours(self, tokens: Tokens, delta: int) -> torch.Tensor:
+        """pFID sets (``Tokenizer.neighbours``): int64 (N, h, w, k), k = min(delta, K), nearest first."""
+        if tokens.quantizer_input is None:
+            raise ValueError(f"{self.name}: these Tokens carry no quantizer_input (made by tokens_from_codes?); "
+                             "pFID needs tokens from encode")
+        return self.model.quantize.neighbours(tokens.quantizer_input.to(self.device), delta)
+
     @property
     def codebook_size(self) -> int:
         return self.model.codebook_size
@@ -115,11 +150,13 @@ class VQGANTokenizer(CheckpointTokenizer):
         """images: float (N, 3, H, W) in [0, 1] -> codes (N, H/f, W/f)."""
         n, _, h, w = images.shape
         self.check_size(h, w)
-        codes = self.model.encode_codes(self.to_model(images)).long()
+        z = self.model.encode_latent(self.to_model(images))
+        codes = self.model.quantize.encode(z).long()  # = model.encode_codes(x)
         per_image = codes[0].numel()
         return Tokens(kind=self.card.kind, bits=code_bits(per_image, self.codebook_size, n),
                       tokens_per_image=self.tokens_per_image(h, w), codes=codes, layout=("h", "w"),
-                      codebook_size=self.codebook_size, meta={"image_size": (h, w)})
+                      codebook_size=self.codebook_size, meta={"image_size": (h, w)},
+                      quantizer_input=self.model.quantize.quantizer_input(z))
 
     @torch.inference_mode()
     def decode(self, tokens: Tokens) -> torch.Tensor:

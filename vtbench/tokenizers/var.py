@@ -40,6 +40,7 @@ from torch import nn
 
 from vtbench.tokenizers.base import Tokens, code_bits
 from vtbench.tokenizers.ldm import Decoder, Encoder
+from vtbench.tokenizers.neighbours import nearest_entries
 from vtbench.tokenizers.official import CheckpointTokenizer
 from vtbench.tokenizers.quantizers import nearest_code_full
 from vtbench.tokenizers.weights import rename_keys
@@ -98,16 +99,23 @@ class MultiScaleQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, f: torch.Tensor) -> torch.Tensor:
         """f: (N, C, H, W) with ``H = W = patch_nums[-1]`` -> int64 codes (N, sum p^2)."""
+        return self.encode_with_inputs(f)[0]
+
+    @torch.no_grad()
+    def encode_with_inputs(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f: (N, C, H, W) -> (codes (N, sum p^2), the vectors each scale's search compared (N, sum p^2, C)):
+        ``f_rest`` area-downsampled to the scale (the last scale as is), l2-normalised with ``using_znorm``."""
         n, c, hh, ww = f.shape
         if (hh, ww) != (self.patch_nums[-1],) * 2:
             raise ValueError(f"latent side {hh}x{ww} != last patch number {self.patch_nums[-1]}")
         f_rest = f.float().clone()
         f_hat = torch.zeros_like(f_rest)
         last = len(self.patch_nums) - 1
-        out = []
+        out, inputs = [], []
         for si, pn in enumerate(self.patch_nums):
             src = f_rest if si == last else F.interpolate(f_rest, size=(pn, pn), mode="area")
             z = src.permute(0, 2, 3, 1).reshape(-1, c)
+            inputs.append((F.normalize(z, dim=-1) if self.using_znorm else z.clone()).view(n, pn * pn, c))
             idx = _nearest_cosine(z, self.codebook) if self.using_znorm else nearest_code_full(z, self.codebook)
             h = F.embedding(idx.view(n, pn, pn), self.codebook).permute(0, 3, 1, 2)
             h = (h if si == last else F.interpolate(h, size=(hh, ww), mode="bicubic")).contiguous()
@@ -115,7 +123,15 @@ class MultiScaleQuantizer(nn.Module):
             f_hat.add_(h)
             f_rest.sub_(h)
             out.append(idx.reshape(n, pn * pn))
-        return torch.cat(out, dim=1)
+        return torch.cat(out, dim=1), torch.cat(inputs, dim=1)
+
+    @torch.no_grad()
+    def neighbours(self, qin: torch.Tensor, delta: int) -> torch.Tensor:
+        """pFID sets: for every token of every scale, the ``min(delta, V)`` entries of the shared codebook
+        (l2-normalised with ``using_znorm``) nearest its quantiser input ``qin`` (N, T, C) -> int64 (N, T, k)."""
+        book = F.normalize(self.codebook, dim=-1) if self.using_znorm else self.codebook
+        rows = nearest_entries(qin.reshape(-1, self.channels), book.float(), delta)
+        return rows.view(*qin.shape[:-1], rows.shape[1])
 
     def f_hat(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (N, sum p^2) -> the summed, refined latent (N, C, H, W)."""
@@ -185,10 +201,27 @@ class VARTokenizer(CheckpointTokenizer):
     def encode(self, images: torch.Tensor) -> Tokens:
         self.check_size(images.shape[-2], images.shape[-1])
         q = self.model.quantize
-        codes = q.encode(self.model.latent(self.to_model(images)))
+        codes, qin = q.encode_with_inputs(self.model.latent(self.to_model(images)))
         return Tokens(kind=self.card.kind, bits=code_bits(codes.shape[1], q.vocab_size, codes.shape[0]),
                       tokens_per_image=codes.shape[1], codes=codes, layout=("token",), codebook_size=q.vocab_size,
-                      meta={"scales": list(q.patch_nums)})
+                      meta={"scales": list(q.patch_nums)}, quantizer_input=qin)
+
+    @property
+    def neighbour_rule(self) -> str:  # type: ignore[override]
+        if self.model.quantize.using_znorm:
+            dist = ("nearest (largest cosine: both l2-normalised) the l2-normalised vector that scale quantised")
+        else:
+            dist = "nearest (squared L2) the vector that scale quantised"
+        return (f"multiscale: at every scale, for each of its tokens, the delta entries of the shared codebook {dist} "
+                "(the residual f_rest area-downsampled to the scale's side; the last scale not resampled), nearest "
+                "first, ties to the lower index")
+
+    def neighbours(self, tokens: Tokens, delta: int) -> torch.Tensor:
+        """pFID sets (``Tokenizer.neighbours``): int64 (N, sum p^2, k), k = min(delta, vocab_size)."""
+        if tokens.quantizer_input is None:
+            raise ValueError(f"{self.name}: these Tokens carry no quantizer_input (made by tokens_from_codes?); "
+                             "pFID needs tokens from encode")
+        return self.model.quantize.neighbours(tokens.quantizer_input.to(self.device), delta)
 
     @torch.no_grad()
     def decode(self, tokens: Tokens) -> torch.Tensor:
