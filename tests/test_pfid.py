@@ -209,6 +209,9 @@ def test_pfid_through_the_runner(image_folder, tmp_path):
     assert jpeg["rfid"]["value"] is not None
     for key in ("pfid@a0_d100_b1", "pfid@a0.5_d100_b1", "pfid@a1_d100_b1"):
         assert jpeg[key]["value"] is None and "codec" in jpeg[key]["reason"]
+    from vtbench.leaderboard import build_site
+    page = build_site([tmp_path], tmp_path / "site").read_text()
+    assert "pFID a0.5_d100_b1" in page and "pFID a1_d100_b1" in page
     # same seed, different batch size: the same perturbation (float32 conv rounding aside)
     again = _run(["tiny.vq"], image_folder, tmp_path / "b", ["pfid"], batch_size=8)["tiny.vq"]["metrics"]
     assert again["pfid@a0.5_d100_b1"]["value"] == pytest.approx(

@@ -279,6 +279,9 @@ def test_probe_cli_end_to_end(tmp_path):
     from vtbench.results import load
     df = load(tmp_path)  # the leaderboard's reader finds the record
     assert {"gfid", "val_ce"} <= set(df["metric"]) and set(df["protocol"]) == {"probe"}
+    from vtbench.leaderboard import build_site
+    page = build_site([tmp_path], tmp_path / "site").read_text()
+    assert "<h2>Generation</h2>" in page and "protocol probe v1.0" in page and "gFID" in page and "Val. CE" in page
 
     again = runner.invoke(app, args)  # complete: reused, not recomputed
     assert again.exit_code == 0 and json.loads(again.stdout)["metrics"] == m
