@@ -184,6 +184,10 @@ def test_spec_parsing_and_keys():
     proto = load_protocol("reconstruction")
     assert selected_metrics(RunConfig(metrics=["rfid", "pfid", "pfid@a0_d100_b1"]), proto) == \
         ["rfid", "pfid", "pfid@a0_d100_b1"]
+    # the protocol's default settings under two names: one instance
+    assert selected_metrics(RunConfig(metrics=["pfid", "pfid@a0.5_d100_b1", "psnr"]), proto) == ["pfid", "psnr"]
+    with pytest.raises(ValueError, match="a<alpha>"):
+        selected_metrics(RunConfig(metrics=["pfid@0.5"]), proto)
 
 
 # -- through the runner -----------------------------------------------------------------------------------

@@ -351,3 +351,20 @@ def test_probe_torchrun_two_processes(tmp_path):
     assert rec["run"]["world_size"] == 2 and rec["probe"]["train"]["steps"] == 6
     with np.load(tmp_path / "embedded-photos" / "tiny.vq" / "probe-tiny" / "samples.npz") as z:
         assert z["arr_0"].shape[0] == 3  # shares of both ranks, gathered once
+
+
+def test_sample_plan_balances_every_inception_score_split():
+    from vtbench.probe.sample import sample_plan
+    plan = sample_plan(1000, 50)
+    assert len(plan) == 50_000 and np.bincount(plan).tolist() == [50] * 1000
+    for start in range(0, 50_000, 5000):  # ADM's IS splits: each holds every class 5 times
+        assert np.bincount(plan[start:start + 5000], minlength=1000).tolist() == [5] * 1000
+    assert sample_plan(1, 4) == [0, 0, 0, 0]
+
+
+def test_probe_validation_data_checks(image_folder, tmp_path):
+    r = runner.invoke(app, ["probe", "tiny.vq", "--size", "B", "--data", "embedded/photos", "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "--val-data" in r.output
+    r = runner.invoke(app, ["probe", "tiny.vq", "--data", str(image_folder), "--val-data", "embedded/photos",
+                            "--steps", "1", "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "classes" in r.output and "differ" in r.output

@@ -109,7 +109,11 @@ def selected_metrics(cfg: RunConfig, protocol: Protocol) -> list[str]:
             m = metric_for_output(n)  # accepts output keys such as "bpp"; unknown -> did-you-mean
         if m not in out:
             out.append(m)
-    return out
+    # one instance per output: pfid and pfid@a0.5_d100_b1 are the same metric under the default settings
+    seen: dict[str, str] = {}
+    for m in out:
+        seen.setdefault(METRICS.get(m.partition("@")[0]).instance_id(m, **metric_config(m, protocol)), m)
+    return [m for m in out if m in seen.values()]
 
 
 def metric_config(name: str, protocol: Protocol | None) -> dict[str, Any]:

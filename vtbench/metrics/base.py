@@ -172,6 +172,11 @@ class Metric:
                            display_name=out.display_name, reason=reason, extra=extra)
 
     @classmethod
+    def instance_id(cls, name: str, **config: Any) -> str:
+        """What makes two selected instances the same metric (``name``; pFID: its resolved settings)."""
+        return name
+
+    @classmethod
     def check_variant(cls, variant: str) -> None:
         """Raise ``ValueError`` when ``variant`` (the text after ``@`` in ``pfid@a0.5_d100_b1``) is malformed."""
 

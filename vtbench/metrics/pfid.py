@@ -147,6 +147,10 @@ class PFID(RFID):
         return PerturbationSpec.parse(variant, seed=spec.seed) if variant else spec
 
     @classmethod
+    def instance_id(cls, name: str, settings: Mapping[str, Any] | None = None, variant: str | None = None) -> str:
+        return cls.outputs_for(cls.spec_for(settings, variant))[0].key
+
+    @classmethod
     def check_variant(cls, variant: str) -> None:
         PerturbationSpec.parse(variant)
 

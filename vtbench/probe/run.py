@@ -217,11 +217,18 @@ class _ProbeRun:
     def _prepare(self) -> None:
         """Tokens, split, and every setting (model, training, sampling) with the fingerprints."""
         cfg, info = self.cfg, self.ds.info
+        if not cfg.val_data and self.table.get("require_val_data"):
+            raise ValueError(f"--size {self.size}: this size trains on all of --data (GigaTok's protocol); give the "
+                             "validation set with --val-data (e.g. /imagenet/val)")
         hflip = bool({**self.protocol.get("train", {}), **self.table.get("train", {})}.get("hflip", False))
         self.tokens = self._timed("tokenise", lambda: self._tokens(self.ds, info.id, hflip))
         self.val_info = None
         if cfg.val_data:
             vds = open_dataset(cfg.val_data, self.policy, seed=cfg.seed)
+            if (self.ds.classes or None) != (vds.classes or None):
+                raise ValueError(f"--val-data {cfg.val_data}: its classes ({_classes(vds)}) differ from --data's "
+                                 f"({_classes(self.ds)}); labels are class-folder indices, so both need the same "
+                                 "class folders (e.g. ImageNet train/ and val/ in the ImageFolder layout)")
             self.train, self.val = self.tokens, self._timed("tokenise", lambda: self._tokens(vds, vds.info.id, False))
             self.val_info = {**vds.info.to_dict(), "tokens_key": self.val.key}
         else:
@@ -363,3 +370,8 @@ def _json_ready(obj: Any) -> Any:
     if isinstance(obj, (np.floating,)):
         return _json_ready(float(obj))
     return obj
+
+
+def _classes(ds: Any) -> str:
+    c = ds.classes
+    return "none: unlabelled" if not c else f"{len(c)}: {', '.join(c[:3])}{', ...' if len(c) > 3 else ''}"
