@@ -14,8 +14,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vtbench.cli import app
-from vtbench.gfid import (SampleFormatError, extract_samples, iter_npz_rows, iter_samples, open_reference,
-                          read_token_file, result_path, score_samples, score_state, write_token_file)
+from vtbench.gfid import (Reference, SampleFormatError, SizeMismatchError, check_sizes, extract_samples, gfid_run,
+                          iter_npz_rows, iter_samples, open_reference, read_token_file, reference_image_size,
+                          result_path, score_samples, score_state, write_token_file)
 from vtbench.metrics.base import MetricUnavailable
 from vtbench.metrics.inception import LOGITS_DIM, SPATIAL_DIM, load_inception
 
@@ -137,6 +138,7 @@ def test_token_file_round_trip_tiny_vq(tmp_path):
     assert np.array_equal(tf.codes, tokens.codes.numpy()) and tf.codes.dtype == np.int64
     s = iter_samples(str(path), batch_size=2)
     assert s.kind == "tokens" and s.tokenizer.name == "tiny.vq" and len(s) == 3
+    assert s.size == (32, 32) and (s.provenance["height"], s.provenance["width"]) == (32, 32)
     assert torch.equal(torch.cat(list(s)), expected)
     # no name in the file: --tokenizer is needed; codes of the wrong shape are refused before decoding
     bare = write_token_file(tmp_path / "bare.npz", tokens.codes, None, 32, 32)
@@ -214,7 +216,8 @@ def test_adm_reference_npz_variants(folder_reference, extractor, headed_state, t
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------
-def test_cli_gfid_token_file_end_to_end(tmp_path, extractor, folder_reference):
+def test_cli_gfid_token_file_end_to_end(tmp_path, extractor, folder_reference, monkeypatch):
+    import vtbench.tokenizers
     from vtbench.data.datasets import open_dataset
     from vtbench.data.policies import get_policy
     from vtbench.tokenizers import build_tokenizer
@@ -226,8 +229,14 @@ def test_cli_gfid_token_file_end_to_end(tmp_path, extractor, folder_reference):
     tokens = write_token_file(tmp_path / "tiny_samples.npz", codes, "tiny.vq", 64, 64)
     ref_file = folder_reference.save(tmp_path / "folder_ref.npz")  # a vtbench reference file: no Inception here
     out = tmp_path / "results"
-    r = runner.invoke(app, ["gfid", str(tokens), "--ref", str(ref_file), "--out", str(out), "--json"])
+    trusts = []
+    real = vtbench.tokenizers.build_tokenizer
+    monkeypatch.setattr(vtbench.tokenizers, "build_tokenizer",
+                        lambda *a, **kw: trusts.append(kw.get("trust")) or real(*a, **kw))
+    r = runner.invoke(app, ["gfid", str(tokens), "--ref", str(ref_file), "--out", str(out), "--json",
+                            "--trust-checkpoint"])
     assert r.exit_code == 0, r.output
+    assert trusts == [True]  # --trust-checkpoint reaches build_tokenizer(trust=...), as in vtbench run
     summary = json.loads(r.stdout)
     path = result_path(out, folder_reference.id, "tiny.vq")
     assert summary["result"] == str(path) and path.is_file()
@@ -237,6 +246,11 @@ def test_cli_gfid_token_file_end_to_end(tmp_path, extractor, folder_reference):
     assert rec["dataset"]["id"] == folder_reference.id and rec["dataset"]["n_reference"] == N_IMAGES
     assert rec["dataset"]["file_sha256"] and rec["samples"]["sha256"]
     assert rec["samples"]["kind"] == "tokens" and rec["samples"]["n"] == 4 and rec["run"]["seed"] == 0
+    assert (rec["samples"]["height"], rec["samples"]["width"]) == (64, 64) and rec["run"]["trust_checkpoint"]
+    assert rec["run"]["resolution"] is None and rec["dataset"]["image_size"] == [64, 64]  # npz: size from the file
+    # a vtbench reference file computed by this extractor: no mixed-pipeline warning
+    assert "mixed pipelines" not in rec["metrics"]["gfid"]["extra"].get("warning", "")
+    assert "rank-deficient" in summary["warnings"]["gfid"]
     assert set(rec["metrics"]) == {"gfid", "sfid", "inception_score", "precision", "recall"}
     for key, m in rec["metrics"].items():
         assert (m["value"] is None) == (m["reason"] is not None), key
@@ -253,3 +267,146 @@ def test_cli_gfid_errors(tmp_path):
     tokens = write_token_file(tmp_path / "t.npz", np.zeros((1, 4, 4), np.int64), None, 32, 32)
     r = runner.invoke(app, ["gfid", str(tokens), "--ref", "embedded", "-t", "tiny.vqq"])
     assert r.exit_code == 2 and "tiny.vq" in r.output
+
+
+def test_cli_gfid_trust_checkpoint_default_off(tmp_path, monkeypatch):
+    import vtbench.tokenizers
+    from vtbench.tokenizers import build_tokenizer
+    tok = build_tokenizer("tiny.vq")
+    with torch.inference_mode():
+        codes = tok.encode(torch.zeros(1, 3, 32, 32)).codes
+    tokens = write_token_file(tmp_path / "t.npz", codes, "tiny.vq", 32, 32)
+    trusts = []
+    monkeypatch.setattr(vtbench.tokenizers, "build_tokenizer",
+                        lambda *a, **kw: trusts.append(kw.get("trust")) or build_tokenizer(*a, **kw))
+    for flag in ([], ["--trust-checkpoint"]):  # the missing reference fails after the samples are opened
+        r = runner.invoke(app, ["gfid", str(tokens), "--ref", str(tmp_path / "missing.npz"), *flag])
+        assert r.exit_code == 1 and "no such reference" in r.output
+    assert trusts == [False, True]
+
+
+# -- mixed pipelines ------------------------------------------------------------------------------------------
+def test_adm_statistics_warn_mixed_pipeline(folder_reference, extractor, headed_state, tmp_path):
+    pool, spatial = folder_reference.pool, folder_reference.spatial
+    full = tmp_path / "VIRTUAL_like.npz"
+    np.savez(full, mu=pool.mu, sigma=pool.sigma, mu_s=spatial.mu, sigma_s=spatial.sigma, arr_0=_images(N_IMAGES))
+    ref = open_reference(str(full))
+    v = score_state(headed_state, ref, extractor=extractor)
+    for key in ("gfid", "sfid"):
+        w = v[key].extra["warning"]
+        # both warnings apply (5 < 2048 images, ADM statistics): joined, rank-deficient first
+        assert w.index("rank-deficient") < w.index("; mixed pipelines") and "clean-fid vs legacy resize" in w
+        assert ("mu_s/sigma_s" if key == "sfid" else "mu/sigma") in w and full.name in w
+    for key in ("inception_score", "precision", "recall"):  # arr_0 features come from this extractor
+        assert "mixed" not in v[key].extra.get("warning", "")
+    # the warning survives a save / load of the reference
+    again = Reference.load(ref.save(tmp_path / "saved.npz"))
+    assert again.warnings == ref.warnings and set(again.warnings) == {"gfid", "sfid"}
+    # statistics vtbench computed itself (arr_0 only; a dataset; a vtbench file of one): no mixed-pipeline warning
+    images_only = tmp_path / "images_only.npz"
+    np.savez(images_only, arr_0=_images(N_IMAGES))
+    for r in (open_reference(str(images_only)), folder_reference,
+              open_reference(str(folder_reference.save(tmp_path / "vt.npz")))):
+        assert r.warnings == {}
+        v = score_state(headed_state, r, extractor=extractor)
+        assert v["gfid"].extra["warning"].startswith("Frechet distance on") and "mixed" not in v["gfid"].extra["warning"]
+    # a third warning (score_state's, e.g. a size mismatch) joins in front and reaches every value
+    v = score_state(headed_state, ref, extractor=extractor, warning="SIZE")
+    assert v["gfid"].extra["warning"].startswith("SIZE; Frechet distance on") and "; mixed pipelines" in v["gfid"].extra["warning"]
+    assert v["precision"].extra["warning"] == "SIZE"
+
+
+def test_cli_note_column_shows_both_warnings(folder, extractor, tmp_path):
+    from vtbench.metrics.frechet import FeatureStats
+    adm = tmp_path / "adm_ref.npz"
+    rng = np.random.default_rng(0)  # statistics from "another pipeline": any valid Gaussian
+    pool, sp = FeatureStats.zeros(2048, "cpu"), FeatureStats.zeros(SPATIAL_DIM, "cpu")
+    pool.update(torch.from_numpy(rng.normal(size=(8, 2048))))
+    sp.update(torch.from_numpy(rng.normal(size=(8, SPATIAL_DIM))))
+    (mu, sigma), (mu_s, sigma_s) = pool.mean_cov(), sp.mean_cov()
+    np.savez(adm, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s, arr_0=_images(N_IMAGES))
+    out = tmp_path / "results"
+    r = runner.invoke(app, ["gfid", str(folder), "--ref", str(adm), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    lines = {line.split("│")[1].strip(): line for line in r.stdout.splitlines() if line.count("│") >= 3}
+    assert "rank-deficient" in r.stdout and "mixed pipelines" in r.stdout and "legacy" in r.stdout
+    assert "rank-deficient" in lines["gFID ↓"] and "rank-deficient" in lines["sFID ↓"]
+    r = runner.invoke(app, ["gfid", str(folder), "--ref", str(adm), "--out", str(out), "--json"])
+    w = json.loads(r.stdout)["warnings"]
+    assert set(w) == {"gfid", "sfid"} and all("rank-deficient" in x and "mixed pipelines" in x for x in w.values())
+
+
+# -- sizes, limits --------------------------------------------------------------------------------------------
+def test_samples_record_their_size(folder, tmp_path):
+    s = iter_samples(str(folder))
+    assert s.size == (64, 64) and (s.provenance["height"], s.provenance["width"]) == (64, 64)
+    path = tmp_path / "s.npz"
+    np.savez(path, arr_0=_images(2, size=16)[:, :, :12])
+    s = iter_samples(str(path))
+    assert s.size == (16, 12) and (s.provenance["height"], s.provenance["width"]) == (16, 12)
+
+
+def test_size_mismatch_refused_with_the_fix(tmp_path, folder):
+    small = tmp_path / "small.npz"
+    np.savez(small, arr_0=_images(2, size=16))
+    # a dataset reference at another --resolution: both sizes and --resolution 16 in the error (no Inception run)
+    with pytest.raises(SizeMismatchError) as err:
+        gfid_run(str(small), "embedded/photos", resolution=64, out=tmp_path / "r")
+    assert "16x16" in str(err.value) and "64x64" in str(err.value) and "--resolution 16" in str(err.value)
+    assert "--allow-size-mismatch" in str(err.value)
+    r = runner.invoke(app, ["gfid", str(small), "--ref", "embedded/photos", "--resolution", "64"])
+    assert r.exit_code == 1 and "16x16" in r.output and "--resolution 16" in r.output
+    # non-square samples, no --resolution: the reference defaults to 256, and square crops cannot match
+    wide = tmp_path / "wide.npz"
+    np.savez(wide, arr_0=_images(2, size=24)[:, :16])
+    with pytest.raises(SizeMismatchError, match=r"16x24.*256x256.*not square"):
+        gfid_run(str(wide), "embedded/photos", out=tmp_path / "r")
+    # an npz reference: its arr_0 size; --resolution does not apply
+    ref = tmp_path / "ref16.npz"
+    np.savez(ref, arr_0=_images(N_IMAGES, size=16))
+    assert reference_image_size(str(ref)) == ((16, 16), f"the arr_0 images of {ref.name}")
+    with pytest.raises(SizeMismatchError) as err:
+        gfid_run(str(folder), str(ref), out=tmp_path / "r")
+    assert "64x64" in str(err.value) and "16x16" in str(err.value) and "arr_0" in str(err.value)
+    # --allow-size-mismatch turns the refusal into a warning; statistics-only references cannot be checked
+    samples = iter_samples(str(folder))
+    assert "64x64" in check_sizes(samples, str(ref), allow_size_mismatch=True)
+    stats = tmp_path / "stats.npz"
+    np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
+    assert reference_image_size(str(stats))[0] is None and check_sizes(samples, str(stats)) is None
+
+
+def test_resolution_defaults_to_square_samples(folder, folder_reference, extractor, tmp_path):
+    rec = gfid_run(str(folder), str(folder), out=tmp_path / "r")  # the dataset is cropped to the samples' 64
+    assert rec["run"]["resolution"] == 64 and rec["run"]["resolution_source"] == "samples"
+    assert rec["dataset"]["image_size"] == [64, 64] and rec["run"]["size_warning"] is None
+    assert abs(rec["metrics"]["gfid"]["value"]) < 1e-6
+    assert reference_image_size(str(folder_reference.save(tmp_path / "vt.npz")))[0] == (64, 64)
+
+
+def test_allow_size_mismatch_warns_on_every_value(folder, folder_reference, extractor, tmp_path):
+    path = tmp_path / "s48.npz"
+    np.savez(path, arr_0=_images(N_IMAGES, size=48))
+    with pytest.raises(SizeMismatchError):
+        gfid_run(str(path), str(folder), resolution=64, out=tmp_path / "r")
+    rec = gfid_run(str(path), str(folder), resolution=64, out=tmp_path / "r", allow_size_mismatch=True)
+    assert rec["run"]["allow_size_mismatch"] and "48x48" in rec["run"]["size_warning"]
+    for key, m in rec["metrics"].items():
+        assert "48x48" in m["extra"]["warning"] and "64x64" in m["extra"]["warning"], key
+    assert "rank-deficient" in rec["metrics"]["gfid"]["extra"]["warning"]
+
+
+def test_limit_is_samples_only_and_ref_limit_subsets_the_reference(folder, extractor, tmp_path):
+    out = tmp_path / "r"
+    r = runner.invoke(app, ["gfid", str(folder), "--ref", str(folder), "--out", str(out), "--json", "--limit", "3"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["n"] == 3 and summary["n_reference"] == N_IMAGES  # --limit leaves the reference whole
+    r = runner.invoke(app, ["gfid", str(folder), "--ref", str(folder), "--out", str(out), "--json", "--limit", "3",
+                            "--ref-limit", "4"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["n"] == 3 and summary["n_reference"] == 4
+    rec = json.loads(open(summary["result"]).read())
+    assert rec["run"]["limit"] == 3 and rec["run"]["ref_limit"] == 4 and rec["dataset"]["ref_limit"] == 4
+    assert rec["samples"]["n_requested"] == 3 and rec["dataset"]["limit"] == 4

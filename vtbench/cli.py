@@ -160,10 +160,13 @@ def gfid(
     ref: str = typer.Option(..., "--ref", help="Reference: an ADM reference batch .npz (mu, sigma[, mu_s, sigma_s][, arr_0]) or a dataset ('embedded/photos', a folder, parquet)."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="Tokenizer that decodes a token file (overrides the name stored in it)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for --tokenizer."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow unpickling tokenizer checkpoints that weights_only loading refuses. Only for files you trust."),
     name: Optional[str] = typer.Option(None, "--name", help="Row name in the results (default: the tokenizer, else the samples' file or folder name)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results directory."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="First N samples, and a seeded N-subset of the reference images."),
-    resolution: int = typer.Option(256, "--resolution", help="Dataset references: adm-center-crop size."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="First N samples (the reference is not limited; see --ref-limit)."),
+    ref_limit: Optional[int] = typer.Option(None, "--ref-limit", help="A seeded N-subset of the reference images (dataset ids, or an npz's arr_0 rows; --seed)."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="Dataset references: adm-center-crop size (default: the samples' size when square, else 256)."),
+    allow_size_mismatch: bool = typer.Option(False, "--allow-size-mismatch", help="Score samples and reference images of different sizes anyway (each value then carries a warning)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     seed: int = typer.Option(0, "--seed"),
@@ -179,8 +182,9 @@ def gfid(
     from vtbench.runner import resolve_device
     try:
         rec = gfid_run(samples, ref, name=name, out=out, tokenizer=tokenizer, weights=weights, resolution=resolution,
-                       limit=limit, seed=seed, batch_size=batch_size, device=str(resolve_device(device)),
-                       progress=not (quiet or as_json))
+                       limit=limit, ref_limit=ref_limit, seed=seed, batch_size=batch_size,
+                       device=str(resolve_device(device)), progress=not (quiet or as_json),
+                       trust_checkpoint=trust_checkpoint, allow_size_mismatch=allow_size_mismatch)
     except UnknownNameError as exc:
         _fail(str(exc), 2)
     except MetricUnavailable as exc:
@@ -195,6 +199,8 @@ def gfid(
                                "protocol": f"{rec['protocol']['name']}@{rec['protocol']['version']}",
                                "metrics": {k: _json_safe(v["value"]) for k, v in metrics.items()},
                                "reasons": {k: v["reason"] for k, v in metrics.items() if v.get("reason")},
+                               "warnings": {k: v["extra"]["warning"] for k, v in metrics.items()
+                                            if (v.get("extra") or {}).get("warning")},
                                "result": str(path)}, indent=2, allow_nan=False))
         return
     from rich.console import Console

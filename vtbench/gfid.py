@@ -37,6 +37,18 @@ protocol does, ``round(clamp(x, 0, 1) * 255)``.
   ``resolution``. Its statistics and (for at most ``pr_reference_size`` images, a seeded subset) its pool_3
   features are cached under ``cache_dir()/gfid_reference/`` keyed by dataset, revision, selection, policy,
   extractor and subset; the cache files are reference ``.npz`` files themselves.
+
+**Mixed pipelines**: ``mu``/``sigma`` (``mu_s``/``sigma_s``) read from an ADM reference file were computed by ADM's
+TF evaluator, which resizes to 299 x 299 bilinearly inside its graph; sample features here use clean-fid's resize.
+``gfid`` / ``sfid`` against such statistics carry ``extra["warning"]`` (comparable with ADM-evaluated numbers only
+up to that resize difference). Warnings that apply together (rank-deficient N, mixed pipeline, size mismatch) are
+joined with ``"; "``.
+
+**Sizes** (``gfid_run``): samples record their ``height`` x ``width`` (token files: the size the codes decode to;
+folders and ADM ``.npz``: the first image's). A reference of another image size (a dataset at ``resolution``,
+an ``.npz``'s ``arr_0``) is refused with ``SizeMismatchError`` unless ``allow_size_mismatch`` (then a warning on
+every value). A dataset reference with no ``resolution`` is cropped to the samples' size when they are square,
+else to 256.
 """
 
 from __future__ import annotations
@@ -78,6 +90,27 @@ OUTPUTS: dict[str, tuple[str, bool]] = {"gfid": ("gFID", False), "sfid": ("sFID"
 
 class SampleFormatError(ValueError):
     """A samples or reference file whose layout vtbench cannot read; the message names the file and the fix."""
+
+
+class SizeMismatchError(ValueError):
+    """Samples and reference images of different sizes; the message names both sizes and the fix."""
+
+
+DEFAULT_RESOLUTION = 256
+
+
+def _join_warnings(*parts: str | None) -> str | None:
+    """Non-empty warnings joined with ``"; "`` (None when there are none)."""
+    kept = [p for p in parts if p]
+    return "; ".join(kept) if kept else None
+
+
+def mixed_pipeline_warning(source: str, what: str = "mu/sigma") -> str:
+    """The warning on a Frechet distance whose reference Gaussian was read from ``source`` (not this extractor)."""
+    return (f"mixed pipelines: the reference {what} come from {source} (ADM's TF evaluator resizes bilinearly to "
+            "299x299 inside its graph), the samples' features from vtbench's extractor (clean-fid resize), so the "
+            "value is comparable with ADM-evaluated numbers only up to the resize difference (clean-fid vs legacy "
+            "resize)")
 
 
 # ------------------------------------------------------------------------------------------------ npz reading
@@ -242,6 +275,7 @@ class Samples:
     provenance: dict[str, Any]
     batches: Callable[[], Iterator[torch.Tensor]]
     tokenizer: Any = None
+    size: tuple[int, int] | None = None  # (height, width) of the images (folders, ADM .npz: the first one's)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return iter(self.batches())
@@ -264,20 +298,25 @@ def _folder_samples(root: Path, batch_size: int, limit: int | None) -> Samples:
     if not files:
         raise SampleFormatError(f"{root}: no image files found (recursive)")
 
+    h, w = load_image(files[0]).shape[:2]
+
     def batches() -> Iterator[torch.Tensor]:
         group: list[np.ndarray] = []
+        seen: set[tuple[int, int]] = set()
         for p in files:
             img = load_image(p)
+            seen.add((int(img.shape[0]), int(img.shape[1])))
             if group and (img.shape != group[0].shape or len(group) == batch_size):  # stack equal sizes only
                 yield _nhwc_to_tensor(np.stack(group))
                 group = []
             group.append(img)
         if group:
             yield _nhwc_to_tensor(np.stack(group))
+        prov["sizes"] = [list(s) for s in sorted(seen)]  # every size met (more than one: a mixed folder)
 
     prov = {"spec": str(root), "kind": "folder", "n_files": len(files), "first": files[0].name,
-            "last": files[-1].name}
-    return Samples(str(root), "folder", len(files), prov, batches)
+            "last": files[-1].name, "height": int(h), "width": int(w)}
+    return Samples(str(root), "folder", len(files), prov, batches, size=(int(h), int(w)))
 
 
 def _adm_npz_samples(path: Path, batch_size: int, limit: int | None) -> Samples:
@@ -296,12 +335,12 @@ def _adm_npz_samples(path: Path, batch_size: int, limit: int | None) -> Samples:
             yield _nhwc_to_tensor(rows)
 
     prov = {"spec": str(path), "kind": "adm-npz", "sha256": sha256sum(path), "shape": list(shape),
-            "keys": keys, "n_used": n}
-    return Samples(str(path), "adm-npz", n, prov, batches)
+            "keys": keys, "n_used": n, "height": int(shape[1]), "width": int(shape[2])}
+    return Samples(str(path), "adm-npz", n, prov, batches, size=(int(shape[1]), int(shape[2])))
 
 
 def _token_samples(path: Path, tokenizer: Any, weights: str | None, batch_size: int, limit: int | None,
-                   device: str | torch.device) -> Samples:
+                   device: str | torch.device, trust: bool = False) -> Samples:
     from vtbench.hashing import sha256sum
     from vtbench.tokenizers import Tokenizer, build_tokenizer
 
@@ -314,7 +353,7 @@ def _token_samples(path: Path, tokenizer: Any, weights: str | None, batch_size: 
             raise SampleFormatError(f"{path}: the token file names no tokenizer; pass one (--tokenizer NAME)")
         if tf.tokenizer and name != tf.tokenizer:
             log.warning("%s: decoding with %s, not the file's %s", path, name, tf.tokenizer)
-        tok = build_tokenizer(name, weights=weights, device=device)
+        tok = build_tokenizer(name, weights=weights, trust=trust, device=device)
     codes = tf.codes[:limit]
     tok.tokens_from_codes(torch.from_numpy(codes[:1]), tf.height, tf.width)  # shape/range check before any work
 
@@ -328,19 +367,25 @@ def _token_samples(path: Path, tokenizer: Any, weights: str | None, batch_size: 
                                    f" of {path}")
             yield _quantise(images.float()).cpu()
 
+    native = tok.card.native_size
+    h, w = tf.height or native, tf.width or native  # tokens_from_codes has checked that these exist
     prov = {"spec": str(path), "kind": "tokens", "sha256": sha256sum(path), "tokenizer": tok.name,
-            "file_tokenizer": tf.tokenizer, "codes_shape": list(tf.codes.shape), "height": tf.height,
-            "width": tf.width, "n_labels": None if tf.labels is None else int(len(tf.labels)), "n_used": len(codes)}
-    return Samples(str(path), "tokens", len(codes), prov, batches, tokenizer=tok)
+            "file_tokenizer": tf.tokenizer, "codes_shape": list(tf.codes.shape), "height": h, "width": w,
+            "file_height": tf.height, "file_width": tf.width,
+            "n_labels": None if tf.labels is None else int(len(tf.labels)), "n_used": len(codes)}
+    size = (int(h), int(w)) if h is not None and w is not None else None
+    return Samples(str(path), "tokens", len(codes), prov, batches, tokenizer=tok, size=size)
 
 
 def iter_samples(spec: str | os.PathLike, *, tokenizer: Any = None, batch_size: int = 32, limit: int | None = None,
-                 device: str | torch.device = "cpu", weights: str | None = None) -> Samples:
+                 device: str | torch.device = "cpu", weights: str | None = None, trust: bool = False) -> Samples:
     """Open generated samples: an image folder, an ADM ``.npz`` (``arr_0``) or a token file (``codes``).
 
     ``tokenizer`` (a name or a ``Tokenizer``) decodes a token file and overrides the name stored in it;
-    ``weights`` goes to ``build_tokenizer``. ``limit``: the first N samples. Returns a re-iterable ``Samples``
-    of uint8 ``(B, 3, H, W)`` batches (folders: consecutive images of equal size share a batch).
+    ``weights`` and ``trust`` (allow unpickling a checkpoint that weights_only loading refuses) go to
+    ``build_tokenizer``. ``limit``: the first N samples. Returns a re-iterable ``Samples`` of uint8
+    ``(B, 3, H, W)`` batches (folders: consecutive images of equal size share a batch); ``Samples.size`` is
+    their ``(height, width)``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -355,7 +400,7 @@ def iter_samples(spec: str | os.PathLike, *, tokenizer: Any = None, batch_size: 
     if path.suffix.lower() != ".npz":
         raise SampleFormatError(f"{spec}: samples must be an image folder or an .npz (ADM arr_0 or token codes)")
     if "codes" in npz_keys(path):
-        return _token_samples(path, tokenizer, weights, batch_size, limit, device)
+        return _token_samples(path, tokenizer, weights, batch_size, limit, device, trust)
     return _adm_npz_samples(path, batch_size, limit)
 
 
@@ -369,7 +414,9 @@ class Reference:
     ``pool`` / ``spatial``: Gaussians of pool_3 (gFID) and spatial (sFID) features; ``features``: float32
     ``(M, 2048)`` pool_3 features for precision/recall; ``extractor``: id of the extractor that computed what
     vtbench computed (None when everything came from a file); ``missing``: part (``gfid``, ``sfid``,
-    ``precision_recall``) -> why it is absent; ``description`` becomes the result's ``dataset`` section.
+    ``precision_recall``) -> why it is absent; ``description`` becomes the result's ``dataset`` section;
+    ``warnings``: part (``gfid``, ``sfid``) -> the warning every value of it carries (statistics read from a file
+    that another pipeline computed).
     """
 
     id: str
@@ -379,6 +426,7 @@ class Reference:
     features: torch.Tensor | None = None
     extractor: str | None = None
     missing: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, str] = field(default_factory=dict)
 
     @property
     def n(self) -> int | None:
@@ -406,7 +454,8 @@ class Reference:
         if "features" in a:
             feats = torch.from_numpy(_check_features(path, a["features"]))
         return cls(id=meta["id"], description=dict(meta["description"]), pool=pool, spatial=spatial,
-                   features=feats, extractor=meta.get("extractor"), missing=dict(meta.get("missing") or {}))
+                   features=feats, extractor=meta.get("extractor"), missing=dict(meta.get("missing") or {}),
+                   warnings=dict(meta.get("warnings") or {}))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write as a reference ``.npz`` (ADM keys + ``features`` + metadata), atomically."""
@@ -420,7 +469,7 @@ class Reference:
         if self.features is not None:
             arrays["features"] = self.features.cpu().numpy().astype(np.float32)
         meta = {"id": self.id, "description": self.description, "extractor": self.extractor,
-                "missing": self.missing, "version": REFERENCE_CACHE_VERSION}
+                "missing": self.missing, "warnings": self.warnings, "version": REFERENCE_CACHE_VERSION}
         arrays[REFERENCE_META_KEY] = np.asarray(json.dumps(meta))
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -520,9 +569,13 @@ def _reference_from_npz(path: Path, *, extractor: InceptionExtractor | None, lim
         spatial = GaussianStats(a["mu_s"].astype(np.float64), a["sigma_s"].astype(np.float64), n_file)
     if "features" in a:
         feats = torch.from_numpy(_check_features(path, a["features"]))
-    ext_id, n_images, n_selected = None, None, None
-    if has_images and (feats is None or pool is None):
+    pool_from_file, spatial_from_file = pool is not None, spatial is not None
+    ext_id, n_images, n_selected, image_size = None, None, None, None
+    if has_images:
         shape, dtype = npz_array_info(path, "arr_0")
+        if len(shape) == 4:
+            image_size = [int(shape[1]), int(shape[2])]
+    if has_images and (feats is None or pool is None):
         check_adm_images(path, shape, dtype, keys)
         if extractor is None:
             raise ValueError(f"{path}: reading arr_0 images needs the Inception extractor")
@@ -544,6 +597,7 @@ def _reference_from_npz(path: Path, *, extractor: InceptionExtractor | None, lim
             feats = images.features
         if pool is None:  # ADM computes both statistics from arr_0 when the file holds no mu (evaluator L164-172)
             pool, spatial = images.pool, images.spatial
+            pool_from_file = spatial_from_file = False
     missing: dict[str, str] = {}
     if pool is None:
         missing["gfid"] = f"{path.name} has no mu/sigma and fewer than 2 usable arr_0 images"
@@ -561,9 +615,15 @@ def _reference_from_npz(path: Path, *, extractor: InceptionExtractor | None, lim
             "n_reference": None if pool is None else pool.n,
             "n_reference_features": None if feats is None else int(feats.shape[0]),
             "n_images": n_images, "n_selected": n_selected, "limit": limit, "seed": seed,
-            "selection": None if n_selected is None else _digest(limit, seed, n_images)[:12]}
+            "selection": None if n_selected is None else _digest(limit, seed, n_images)[:12],
+            "image_size": image_size}
+    warnings = {}
+    if pool_from_file and pool is not None:
+        warnings["gfid"] = mixed_pipeline_warning(f"{path.name}, not this extractor", "mu/sigma")
+    if spatial_from_file and spatial is not None:
+        warnings["sfid"] = mixed_pipeline_warning(f"{path.name}, not this extractor", "mu_s/sigma_s")
     return Reference(id=path.stem, description=desc, pool=pool, spatial=spatial, features=feats, extractor=ext_id,
-                     missing=missing)
+                     missing=missing, warnings=warnings)
 
 
 def _reference_from_dataset(spec: str, *, resolution: int, limit: int | None, seed: int, batch_size: int,
@@ -580,7 +640,7 @@ def _reference_from_dataset(spec: str, *, resolution: int, limit: int | None, se
     cached = _load_cached(cache)
     if cached is not None:
         log.info("reference %s: cached statistics %s", info.id, cache)
-        cached.description["cache"] = str(cache)
+        cached.description.update(cache=str(cache), image_size=[resolution, resolution])
         return cached
     keep_ids = set(ds.ids) if pr_n == len(ds) else {ds.ids[i] for i in select_subset(ds.ids, pr_n, seed)}
     skipped: list[dict[str, str]] = []
@@ -605,7 +665,7 @@ def _reference_from_dataset(spec: str, *, resolution: int, limit: int | None, se
         missing["sfid"] = missing["gfid"]
     desc = {**info.to_dict(), "reference_kind": "dataset", "n_reference": n,
             "n_reference_features": int(feats.shape[0]), "statistics": f"vtbench: {extractor.id}",
-            "skipped": skipped}
+            "skipped": skipped, "image_size": [resolution, resolution]}
     ref = Reference(info.id, desc, pool, spatial, feats, extractor.id, missing)
     ref.save(cache)
     ref.description["cache"] = str(cache)
@@ -634,6 +694,52 @@ def open_reference(spec: str, *, resolution: int = 256, limit: int | None = None
     return _reference_from_dataset(spec, resolution=resolution, limit=limit, seed=seed, batch_size=batch_size,
                                    extractor=load_inception(inception_path, device), progress=progress,
                                    pr_reference_size=pr_reference_size)
+
+
+def reference_image_size(spec: str, resolution: int = DEFAULT_RESOLUTION) -> tuple[tuple[int, int] | None, str]:
+    """(height, width) of the reference's images without computing anything, and what they are: a dataset is
+    cropped to ``resolution`` square; an ``.npz`` has its ``arr_0`` size (a vtbench reference file: the size it
+    recorded); None when unknown (statistics only)."""
+    path = Path(spec)
+    if path.suffix.lower() != ".npz":
+        return (resolution, resolution), f"the dataset {spec} cropped by adm-center-crop at --resolution {resolution}"
+    if not path.is_file():
+        return None, str(spec)
+    keys = npz_keys(path)
+    if REFERENCE_META_KEY in keys:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z[REFERENCE_META_KEY]))
+        size = (meta.get("description") or {}).get("image_size")
+        return (tuple(int(v) for v in size) if size else None), f"the images behind the reference file {path.name}"
+    if "arr_0" in keys:
+        shape, _ = npz_array_info(path, "arr_0")
+        if len(shape) == 4:
+            return (int(shape[1]), int(shape[2])), f"the arr_0 images of {path.name}"
+    return None, str(spec)
+
+
+def check_sizes(samples: Samples, ref_spec: str, resolution: int = DEFAULT_RESOLUTION, *,
+                allow_size_mismatch: bool = False) -> str | None:
+    """Raise ``SizeMismatchError`` when the samples' and the reference's image sizes differ (naming both and the
+    fix); with ``allow_size_mismatch`` return the warning instead. None when they match or a size is unknown."""
+    ref_size, what = reference_image_size(ref_spec, resolution)
+    if samples.size is None or ref_size is None or tuple(samples.size) == tuple(ref_size):
+        return None
+    (h, w), (rh, rw) = samples.size, ref_size
+    msg = f"samples are {h}x{w} (H x W) but the reference images are {rh}x{rw} ({what})"
+    if allow_size_mismatch:
+        return f"{msg}: Frechet distances and precision/recall across image sizes are not comparable"
+    dataset = Path(ref_spec).suffix.lower() != ".npz"
+    if dataset and h == w:
+        fix = f"pass --resolution {h} to crop the reference dataset to the samples' size"
+    elif dataset:
+        fix = ("the samples are not square and adm-center-crop makes square references: crop/resize the samples to a "
+               "square size and pass it as --resolution")
+    else:
+        fix = (f"score samples generated at {rh}x{rw}, or use a reference of {h}x{w} images (a dataset with "
+               f"--resolution {h})")
+    raise SizeMismatchError(f"{msg}; {fix}, or pass --allow-size-mismatch to score anyway (the values are then "
+                            "not comparable with same-size numbers)")
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
@@ -687,34 +793,44 @@ def _metric(key: str, value: float | None, n: int, reason: str | None = None, **
 
 
 def _frechet(key: str, stats: FeatureStats, ref: GaussianStats | None, missing: str | None, n: int,
-             extra: dict[str, Any]) -> MetricValue:
+             extra: dict[str, Any], foreign: str | None = None) -> MetricValue:
+    """``foreign``: the mixed-pipeline warning when ``ref`` was not computed by this extractor."""
     if ref is None:
         return _metric(key, None, n, missing or "the reference has no statistics for it", **extra)
     if n < 2:
         return _metric(key, None, n, f"a covariance needs at least 2 samples, got {n}", **extra)
     extra = {**extra, "n_reference": ref.n}
     low = min(n, ref.n or n)
-    if low < FULL_RANK_N:
-        extra["warning"] = (f"Frechet distance on {low} < {FULL_RANK_N} images: the covariance is rank-deficient, "
-                            "so the value is biased high and only comparable at equal N")
+    rank = (f"Frechet distance on {low} < {FULL_RANK_N} images: the covariance is rank-deficient, so the value is "
+            "biased high and only comparable at equal N") if low < FULL_RANK_N else None
+    warning = _join_warnings(extra.get("warning"), rank, foreign)
+    if warning:
+        extra["warning"] = warning
+    if foreign:
+        extra["reference_statistics"] = "file (another pipeline)"
     mu, sigma = stats.mean_cov()
     return _metric(key, frechet_distance(mu, sigma, ref.mu, ref.sigma), n, **extra)
 
 
 def score_state(state: GenerationState, reference: Reference, *, extractor: InceptionExtractor | None = None,
                 nearest_k: int = NEAREST_K, device: str | torch.device = "cpu",
-                block_size: int = PR_BLOCK_SIZE) -> dict[str, MetricValue]:
-    """The five numbers from a filled ``GenerationState`` (None + reason for each one that cannot be computed)."""
+                block_size: int = PR_BLOCK_SIZE, warning: str | None = None) -> dict[str, MetricValue]:
+    """The five numbers from a filled ``GenerationState`` (None + reason for each one that cannot be computed).
+    ``warning`` goes into every value's ``extra["warning"]`` (joined with the values' own warnings)."""
     n = state.n
     base: dict[str, Any] = {"n_reference": reference.n}
+    if warning:
+        base["warning"] = warning
     if extractor is not None:
         base.update(extractor=extractor.id, weights_sha256=extractor.sha256)
         if reference.extractor and reference.extractor != extractor.id:
             base["reference_extractor"] = reference.extractor
             log.warning("reference %s was computed with %s, samples with %s", reference.id, reference.extractor,
                         extractor.id)
-    out = {"gfid": _frechet("gfid", state.pool, reference.pool, reference.missing.get("gfid"), n, base),
-           "sfid": _frechet("sfid", state.spatial, reference.spatial, reference.missing.get("sfid"), n, base)}
+    out = {"gfid": _frechet("gfid", state.pool, reference.pool, reference.missing.get("gfid"), n, base,
+                            reference.warnings.get("gfid")),
+           "sfid": _frechet("sfid", state.spatial, reference.spatial, reference.missing.get("sfid"), n, base,
+                            reference.warnings.get("sfid"))}
     is_extra = {**base, "split_size": state.inception.split_size}
     if n == 0:
         out["inception_score"] = _metric("inception_score", None, n, "no samples", **is_extra)
@@ -776,30 +892,57 @@ def result_path(out: str | os.PathLike, reference_id: str, name: str) -> Path:
 
 
 def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: str | os.PathLike = "results",
-             tokenizer: str | None = None, weights: str | None = None, resolution: int = 256,
+             tokenizer: str | None = None, weights: str | None = None, resolution: int | None = None,
              limit: int | None = None, seed: int = 0, batch_size: int = 32, device: str | torch.device = "cpu",
-             inception_path: str | None = None, nearest_k: int = NEAREST_K, progress: bool = False) -> dict[str, Any]:
+             inception_path: str | None = None, nearest_k: int = NEAREST_K, progress: bool = False,
+             ref_limit: int | None = None, trust_checkpoint: bool = False,
+             allow_size_mismatch: bool = False) -> dict[str, Any]:
     """Score ``samples_spec`` against ``ref_spec`` and write the result record (``result_path``); returns it.
 
     ``name``: the row name (default: the tokenizer of a token file, else the samples' file or folder name);
-    ``limit``: the first N samples and a seeded N-subset of the reference images.
+    ``limit``: the first N samples; ``ref_limit``: a seeded subset of the reference images (a dataset's ids, an
+    npz's ``arr_0`` rows); ``resolution``: a dataset reference's crop size (None: the samples' size when square,
+    else 256); ``trust_checkpoint``: passed to ``build_tokenizer`` as ``trust``. Samples and reference images of
+    different sizes raise ``SizeMismatchError`` unless ``allow_size_mismatch`` (then every value warns).
     """
     from vtbench.config import load_protocol
     from vtbench.results import environment, new_record, write_json_atomic
 
+    if ref_limit is not None and ref_limit < 1:
+        raise ValueError(f"ref_limit must be a positive integer, got {ref_limit}")
     started = datetime.now(timezone.utc).isoformat()
     protocol = load_protocol("generation")
     samples = iter_samples(samples_spec, tokenizer=tokenizer, batch_size=batch_size, limit=limit, device=device,
-                           weights=weights)
+                           weights=weights, trust=trust_checkpoint)
+    is_file = Path(ref_spec).suffix.lower() == ".npz"
+    if is_file:
+        used, source = None, "not used (npz reference)"
+        if resolution is not None:
+            log.warning("--resolution %s is ignored: %s is an .npz reference (its images are used as stored)",
+                        resolution, ref_spec)
+    elif resolution is not None:
+        used, source = int(resolution), "--resolution"
+    elif samples.size is not None and samples.size[0] == samples.size[1]:
+        used, source = int(samples.size[0]), "samples"
+    else:
+        used, source = DEFAULT_RESOLUTION, "default"
+    size_warning = check_sizes(samples, ref_spec, used or DEFAULT_RESOLUTION, allow_size_mismatch=allow_size_mismatch)
+    if size_warning:
+        log.warning("%s", size_warning)
     t0 = time.perf_counter()
-    reference = open_reference(ref_spec, resolution=resolution, limit=limit, seed=seed, batch_size=batch_size,
-                               device=device, inception_path=inception_path, progress=progress)
+    reference = open_reference(ref_spec, resolution=used or DEFAULT_RESOLUTION, limit=ref_limit, seed=seed,
+                               batch_size=batch_size, device=device, inception_path=inception_path,
+                               progress=progress)
     t1 = time.perf_counter()
     extractor = load_inception(inception_path, device)
     state = extract_samples(samples, extractor, keep_features=reference.features is not None, seed=seed,
                             progress=progress)
     t2 = time.perf_counter()
-    values = score_state(state, reference, extractor=extractor, nearest_k=nearest_k, device=device)
+    sizes = samples.provenance.get("sizes") or []
+    mixed = (f"the samples have {len(sizes)} image sizes ({', '.join(f'{h}x{w}' for h, w in sizes)}); the size "
+             "check used the first one's") if len(sizes) > 1 else None
+    values = score_state(state, reference, extractor=extractor, nearest_k=nearest_k, device=device,
+                         warning=_join_warnings(size_warning, mixed))
     t3 = time.perf_counter()
     tok = samples.tokenizer
     if name is None:
@@ -811,19 +954,24 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
     record = new_record(
         created=started, finished=datetime.now(timezone.utc).isoformat(), environment=environment(str(device)),
         tokenizer=tok_section,
-        dataset={**reference.description, "n_requested": limit, "n_used": state.n},
+        # n_requested / n_used count samples (leaderboards and compare read them); the reference's own count is
+        # n_reference, its subset ref_limit (+ the dataset's selection)
+        dataset={**reference.description, "n_requested": limit, "n_used": state.n, "ref_limit": ref_limit},
         protocol={"name": protocol.name, "version": protocol.version, "task": protocol.task},
         metrics={k: v.to_dict() for k, v in values.items()},
         timings={"reference_s": t1 - t0, "samples_s": t2 - t1, "metrics_s": t3 - t2},
-        samples={**samples.provenance, "n": state.n},
+        samples={**samples.provenance, "n_requested": limit, "n": state.n},
         extractor=extractor.describe(),
-        run={"seed": seed, "batch_size": batch_size, "nearest_k": nearest_k, "resolution": resolution,
-             "reference_spec": str(ref_spec), "samples_spec": str(samples_spec)},
+        run={"seed": seed, "batch_size": batch_size, "nearest_k": nearest_k, "resolution": used,
+             "resolution_source": source, "limit": limit, "ref_limit": ref_limit,
+             "trust_checkpoint": bool(trust_checkpoint), "allow_size_mismatch": bool(allow_size_mismatch),
+             "size_warning": size_warning, "reference_spec": str(ref_spec), "samples_spec": str(samples_spec)},
     )
     write_json_atomic(result_path(out, reference.id, name), record)
     return record
 
 
-__all__ = ["OUTPUTS", "Reference", "SampleFormatError", "Samples", "TokenFile", "extract_samples", "gfid_run",
-           "iter_npz_rows", "iter_samples", "npz_keys", "open_reference", "read_token_file", "result_path",
-           "score_samples", "score_state", "write_token_file"]
+__all__ = ["DEFAULT_RESOLUTION", "OUTPUTS", "Reference", "SampleFormatError", "Samples", "SizeMismatchError",
+           "TokenFile", "check_sizes", "extract_samples", "gfid_run", "iter_npz_rows", "iter_samples", "npz_keys",
+           "open_reference", "read_token_file", "reference_image_size", "result_path", "score_samples",
+           "score_state", "write_token_file"]
