@@ -443,16 +443,7 @@ class Reference:
         with np.load(path, allow_pickle=False) as z:
             a = {k: np.asarray(z[k]) for k in keys if k != "arr_0"}
         meta = json.loads(str(a[REFERENCE_META_KEY]))
-        n = int(a["n"]) if "n" in a else None
-        pool = spatial = feats = None
-        if "mu" in a and "sigma" in a:
-            _check_dims(path, "mu/sigma", a["mu"], a["sigma"], FEATURE_DIM, "pool_3")
-            pool = GaussianStats(a["mu"].astype(np.float64), a["sigma"].astype(np.float64), n)
-        if "mu_s" in a and "sigma_s" in a:
-            _check_dims(path, "mu_s/sigma_s", a["mu_s"], a["sigma_s"], SPATIAL_DIM, _SPATIAL_WHAT)
-            spatial = GaussianStats(a["mu_s"].astype(np.float64), a["sigma_s"].astype(np.float64), n)
-        if "features" in a:
-            feats = torch.from_numpy(_check_features(path, a["features"]))
+        pool, spatial, feats = _arrays_to_stats(path, a)
         return cls(id=meta["id"], description=dict(meta["description"]), pool=pool, spatial=spatial,
                    features=feats, extractor=meta.get("extractor"), missing=dict(meta.get("missing") or {}),
                    warnings=dict(meta.get("warnings") or {}))
@@ -494,6 +485,22 @@ def _check_features(path: Path, f: np.ndarray) -> np.ndarray:
         raise SampleFormatError(f"{path}: features must be float (M, {FEATURE_DIM}) pool_3 features, got "
                                 f"{f.dtype} {f.shape}")
     return f.astype(np.float32)
+
+
+def _arrays_to_stats(path: Path, a: dict[str, np.ndarray]
+                     ) -> tuple[GaussianStats | None, GaussianStats | None, torch.Tensor | None]:
+    """Pool and spatial Gaussians and P/R features from an npz's arrays (each None when absent), checked."""
+    n = int(a["n"]) if "n" in a else None
+    pool = spatial = feats = None
+    if "mu" in a and "sigma" in a:
+        _check_dims(path, "mu/sigma", a["mu"], a["sigma"], FEATURE_DIM, "pool_3")
+        pool = GaussianStats(a["mu"].astype(np.float64), a["sigma"].astype(np.float64), n)
+    if "mu_s" in a and "sigma_s" in a:
+        _check_dims(path, "mu_s/sigma_s", a["mu_s"], a["sigma_s"], SPATIAL_DIM, _SPATIAL_WHAT)
+        spatial = GaussianStats(a["mu_s"].astype(np.float64), a["sigma_s"].astype(np.float64), n)
+    if "features" in a:
+        feats = torch.from_numpy(_check_features(path, a["features"]))
+    return pool, spatial, feats
 
 
 def _image_features(batches: Iterable[torch.Tensor], extractor: InceptionExtractor, *, keep: Callable[[int], bool],
@@ -559,16 +566,7 @@ def _reference_from_npz(path: Path, *, extractor: InceptionExtractor | None, lim
                                 f"or features; keys found: {', '.join(keys) or 'none'}")
     with np.load(path, allow_pickle=False) as z:
         a = {k: np.asarray(z[k]) for k in ("mu", "sigma", "mu_s", "sigma_s", "features", "n") if k in keys}
-    n_file = int(a["n"]) if "n" in a else None
-    pool = spatial = feats = None
-    if "mu" in a and "sigma" in a:
-        _check_dims(path, "mu/sigma", a["mu"], a["sigma"], FEATURE_DIM, "pool_3")
-        pool = GaussianStats(a["mu"].astype(np.float64), a["sigma"].astype(np.float64), n_file)
-    if "mu_s" in a and "sigma_s" in a:
-        _check_dims(path, "mu_s/sigma_s", a["mu_s"], a["sigma_s"], SPATIAL_DIM, _SPATIAL_WHAT)
-        spatial = GaussianStats(a["mu_s"].astype(np.float64), a["sigma_s"].astype(np.float64), n_file)
-    if "features" in a:
-        feats = torch.from_numpy(_check_features(path, a["features"]))
+    pool, spatial, feats = _arrays_to_stats(path, a)
     pool_from_file, spatial_from_file = pool is not None, spatial is not None
     ext_id, n_images, n_selected, image_size = None, None, None, None
     if has_images:

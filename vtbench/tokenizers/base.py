@@ -201,9 +201,18 @@ class Tokenizer:
 
     def neighbours(self, tokens: Tokens, delta: int) -> torch.Tensor:
         """pFID neighbour sets: int64 ``(N, *layout, k)``, for every code position the ``k = min(delta, ...)``
-        codes nearest its quantiser input (nearest first; the code itself is normally first)."""
-        raise PerturbationUnsupported(self.perturbation_support() and
-                                      f"{self.name}: neighbour_rule is set but neighbours() is not implemented")
+        codes nearest its quantiser input (nearest first; the code itself normally first). Delegates to the
+        ``neighbours(quantizer_input, delta)`` of ``neighbour_quantizer()``."""
+        self.perturbation_support()
+        if tokens.quantizer_input is None:
+            raise ValueError(f"{self.name}: these Tokens carry no quantizer_input (made by tokens_from_codes?); "
+                             "pFID needs tokens from encode")
+        return self.neighbour_quantizer().neighbours(tokens.quantizer_input.to(self.device), delta)
+
+    def neighbour_quantizer(self) -> Any:
+        """The quantiser whose ``neighbours(quantizer_input, delta)`` builds the sets (adapters with a rule)."""
+        raise PerturbationUnsupported(f"{self.name}: neighbour_rule is set but neighbour_quantizer() is not "
+                                      "implemented")
 
     def to(self, device: str | torch.device) -> "Tokenizer":
         self.device = torch.device(device)

@@ -211,12 +211,8 @@ class RQVAETokenizer(CheckpointTokenizer):
                 "row is never a candidate) nearest (squared L2) the residual that depth quantised, nearest first, "
                 "ties to the lower index")
 
-    def neighbours(self, tokens: Tokens, delta: int) -> torch.Tensor:
-        """pFID sets (``Tokenizer.neighbours``): int64 (N, h, w, depth, k), k = min(delta, n_embed)."""
-        if tokens.quantizer_input is None:
-            raise ValueError(f"{self.name}: these Tokens carry no quantizer_input (made by tokens_from_codes?); "
-                             "pFID needs tokens from encode")
-        return self.model.quantizer.neighbours(tokens.quantizer_input.to(self.device), delta)
+    def neighbour_quantizer(self) -> Any:
+        return self.model.quantizer
 
     @torch.no_grad()
     def decode(self, tokens: Tokens) -> torch.Tensor:

@@ -127,12 +127,8 @@ class VQGANTokenizer(CheckpointTokenizer):
     def neighbour_rule(self) -> str:  # type: ignore[override]
         return self.RULE_L2NORM if self.model.quantize.l2_norm else self.RULE_PLAIN
 
-    def neighbours(self, tokens: Tokens, delta: int) -> torch.Tensor:
-        """pFID sets (``Tokenizer.neighbours``): int64 (N, h, w, k), k = min(delta, K), nearest first."""
-        if tokens.quantizer_input is None:
-            raise ValueError(f"{self.name}: these Tokens carry no quantizer_input (made by tokens_from_codes?); "
-                             "pFID needs tokens from encode")
-        return self.model.quantize.neighbours(tokens.quantizer_input.to(self.device), delta)
+    def neighbour_quantizer(self) -> Any:
+        return self.model.quantize
 
     @property
     def codebook_size(self) -> int:

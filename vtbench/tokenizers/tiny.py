@@ -175,11 +175,8 @@ class TinyTokenizer(Tokenizer):
     def neighbour_rule(self) -> str | None:  # type: ignore[override]
         return self._RULES.get(self.model.kind)
 
-    def neighbours(self, tokens: Tokens, delta: int) -> torch.Tensor:
-        if tokens.quantizer_input is None:
-            raise ValueError(f"{self.name}: these Tokens carry no quantizer_input (made by tokens_from_codes?); "
-                             "pFID needs tokens from encode")
-        return self.model.quantizer.neighbours(tokens.quantizer_input.to(self.device), delta)
+    def neighbour_quantizer(self) -> Any:
+        return self.model.quantizer
 
     @torch.inference_mode()
     def decode(self, tokens: Tokens) -> torch.Tensor:

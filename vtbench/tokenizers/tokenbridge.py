@@ -249,13 +249,8 @@ class TokenBridgeTokenizer(CheckpointTokenizer):
     def neighbour_rule(self) -> str | None:  # type: ignore[override]
         return None if self.continuous else self.RULE_SCALAR
 
-    def neighbours(self, tokens: Tokens, delta: int) -> torch.Tensor:
-        """pFID sets (``Tokenizer.neighbours``): int64 (N, h, w, channel, k), k = min(delta, 2**bits)."""
-        self.perturbation_support()  # raises PerturbationUnsupported for the continuous variant
-        if tokens.quantizer_input is None:
-            raise ValueError(f"{self.name}: these Tokens carry no quantizer_input (made by tokens_from_codes?); "
-                             "pFID needs tokens from encode")
-        return self.quantizer.neighbours(tokens.quantizer_input.to(self.device), delta)
+    def neighbour_quantizer(self) -> Any:  # sets (N, h, w, channel, k), k = min(delta, 2**bits)
+        return self.quantizer
 
     @torch.no_grad()
     def decode(self, tokens: Tokens) -> torch.Tensor:

@@ -216,12 +216,8 @@ class VARTokenizer(CheckpointTokenizer):
                 "(the residual f_rest area-downsampled to the scale's side; the last scale not resampled), nearest "
                 "first, ties to the lower index")
 
-    def neighbours(self, tokens: Tokens, delta: int) -> torch.Tensor:
-        """pFID sets (``Tokenizer.neighbours``): int64 (N, sum p^2, k), k = min(delta, vocab_size)."""
-        if tokens.quantizer_input is None:
-            raise ValueError(f"{self.name}: these Tokens carry no quantizer_input (made by tokens_from_codes?); "
-                             "pFID needs tokens from encode")
-        return self.model.quantize.neighbours(tokens.quantizer_input.to(self.device), delta)
+    def neighbour_quantizer(self) -> Any:
+        return self.model.quantize
 
     @torch.no_grad()
     def decode(self, tokens: Tokens) -> torch.Tensor:
