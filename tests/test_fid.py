@@ -19,14 +19,6 @@ from vtbench.metrics.frechet import FeatureStats, frechet_distance, load_stats, 
 from vtbench.metrics.inception import load_inception, resize_clean
 
 
-@pytest.fixture(scope="module")
-def extractor():
-    try:
-        return load_inception()
-    except MetricUnavailable as exc:
-        pytest.skip(f"no Inception weights here: {exc.reason.splitlines()[0]}")
-
-
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VTBENCH_CACHE", str(tmp_path / "cache"))

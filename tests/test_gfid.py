@@ -17,19 +17,10 @@ from vtbench.cli import app
 from vtbench.gfid import (Reference, SampleFormatError, SizeMismatchError, check_sizes, extract_samples, gfid_run,
                           iter_npz_rows, iter_samples, open_reference, read_token_file, reference_image_size,
                           result_path, score_samples, score_state, write_token_file)
-from vtbench.metrics.base import MetricUnavailable
-from vtbench.metrics.inception import LOGITS_DIM, SPATIAL_DIM, load_inception
+from vtbench.metrics.inception import LOGITS_DIM, SPATIAL_DIM
 
 runner = CliRunner()
 N_IMAGES = 5  # the fewest for k=3 manifolds plus one
-
-
-@pytest.fixture(scope="module")
-def extractor():
-    try:
-        return load_inception()
-    except MetricUnavailable as exc:
-        pytest.skip(f"no Inception weights here: {exc.reason.splitlines()[0]}")
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,7 @@ from vtbench.metrics.base import MetricValue
 from vtbench.metrics.frechet import FeatureStats, GaussianStats, frechet_distance
 from vtbench.metrics.generation import IS_SPLIT_SIZE, NEAREST_K, PR_BLOCK_SIZE, GenerationState, precision_recall
 from vtbench.metrics.inception import FEATURE_DIM, SPATIAL_DIM, SPATIAL_ID, InceptionExtractor, load_inception
+from vtbench.results import RESULT_FILE, environment, new_record, slug, write_json_atomic, write_npz_atomic
 
 log = logging.getLogger("vtbench")
 
@@ -232,13 +233,7 @@ def write_token_file(path: str | os.PathLike, codes: torch.Tensor | np.ndarray, 
         if lab.shape != (c.shape[0],):
             raise ValueError(f"labels must have shape ({c.shape[0]},), got {lab.shape}")
         arrays["labels"] = lab.astype(np.int64)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-    return path
+    return write_npz_atomic(path, **arrays)
 
 
 def read_token_file(path: str | os.PathLike) -> TokenFile:
@@ -462,13 +457,7 @@ class Reference:
         meta = {"id": self.id, "description": self.description, "extractor": self.extractor,
                 "missing": self.missing, "warnings": self.warnings, "version": REFERENCE_CACHE_VERSION}
         arrays[REFERENCE_META_KEY] = np.asarray(json.dumps(meta))
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-        return path
+        return write_npz_atomic(path, **arrays)
 
 
 _SPATIAL_WHAT = "ADM's spatial (mixed_6/conv, 7 x 17 x 17)"
@@ -885,7 +874,6 @@ def score_samples(samples: Iterable[torch.Tensor], reference: Reference, *, devi
 def result_path(out: str | os.PathLike, reference_id: str, name: str) -> Path:
     """``<out>/<slug(reference id)>/<slug(name)>/generation/result.json`` (a subfolder, so a ``vtbench run`` of a
     tokenizer of the same name on the same data keeps its own ``result.json``)."""
-    from vtbench.results import RESULT_FILE, slug
     return Path(out) / slug(reference_id) / slug(name) / "generation" / RESULT_FILE
 
 
@@ -904,7 +892,6 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
     different sizes raise ``SizeMismatchError`` unless ``allow_size_mismatch`` (then every value warns).
     """
     from vtbench.config import load_protocol
-    from vtbench.results import environment, new_record, write_json_atomic
 
     if ref_limit is not None and ref_limit < 1:
         raise ValueError(f"ref_limit must be a positive integer, got {ref_limit}")

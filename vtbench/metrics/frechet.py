@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -88,16 +87,12 @@ class GaussianStats:
 
 def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, n: int | None = None, **extra: str) -> None:
     """Write ``mu``, ``sigma`` (and ``n``, plus string metadata) to ``.npz`` atomically (tmp + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from vtbench.results import write_npz_atomic
     arrays = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64)}
     if n is not None:
         arrays["n"] = np.asarray(n, np.int64)
     arrays.update({k: np.asarray(v) for k, v in extra.items()})
-    with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    write_npz_atomic(path, **arrays)
 
 
 def load_stats(path: str | os.PathLike) -> GaussianStats:

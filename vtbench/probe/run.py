@@ -30,7 +30,8 @@ from vtbench.probe.sample import SamplingSettings, sample_batches, sample_plan, 
 from vtbench.probe.settings import ProbeConfig, model_config, sampling_settings, size_table, train_settings
 from vtbench.probe.tokens import TokenSet, check_has_codes, split_by_id, tokenise
 from vtbench.probe.train import CHECKPOINT_FILE, barrier, dist_context, fingerprint, train_prior, validation_ce
-from vtbench.results import RESULT_FILE, environment, new_record, read_record, slug, write_json_atomic
+from vtbench.results import (RESULT_FILE, environment, new_record, read_record, slug, write_json_atomic,
+                             write_npz_atomic)
 
 log = logging.getLogger("vtbench")
 
@@ -105,13 +106,6 @@ def _gather(run_dir: Path, codes: torch.Tensor, images: np.ndarray) -> tuple[tor
     barrier()
     part.unlink(missing_ok=True)
     return out
-
-
-def _write_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def _val_metrics(ce: float | None, n_images: int, extra: dict) -> dict[str, MetricValue]:
@@ -206,7 +200,7 @@ class _ProbeRun:
         if self.rank != 0:
             return None
         labels = np.asarray(sample_plan(self.classes, self.sextra["samples_per_class"]), dtype=np.int64)
-        _write_npz(self.dir / SAMPLES_NPZ, arr_0=images, arr_1=labels)
+        write_npz_atomic(self.dir / SAMPLES_NPZ, arr_0=images, arr_1=labels)
         from vtbench.gfid import write_token_file
         write_token_file(self.dir / TOKENS_NPZ, codes.view(codes.shape[0], *self.tokens.shape), self.tok, self.res,
                          self.res, labels)
