@@ -16,7 +16,7 @@ from vtbench.metrics import inception as inception_mod
 from vtbench.metrics.base import Batch, MetricUnavailable
 from vtbench.metrics.fid import RFID, reference_cache_path
 from vtbench.metrics.frechet import FeatureStats, frechet_distance, load_stats, save_stats
-from vtbench.metrics.inception import load_inception, resize_clean
+from vtbench.metrics.inception import load_inception, resize_clean, resize_tf_bilinear
 
 
 @pytest.fixture(autouse=True)
@@ -129,6 +129,60 @@ def test_resize_matches_cleanfid_resizer():
         image = rng.integers(0, 256, shape, dtype=np.uint8)
         expected = fn(image).transpose(2, 0, 1)
         np.testing.assert_array_equal(resize_clean(image), expected)
+
+
+GOLDEN_TF = Path(__file__).parent / "data" / "tf_resize_bilinear_golden.npz"
+
+
+def test_tf_bilinear_resize_matches_tensorflow_bit_for_bit():
+    """Golden outputs of TensorFlow's ResizeBilinear (TF1 legacy coordinates; tests/data/make_tf_resize_golden.py)."""
+    with np.load(GOLDEN_TF) as z:
+        cases = [(z[f"image_{i}"], z[f"resized_{i}"]) for i in range(sum(k.startswith("image_") for k in z.files))]
+    assert len(cases) == 6
+    for image, expected in cases:
+        ours = resize_tf_bilinear(image, size=expected.shape[0]).transpose(1, 2, 0)
+        np.testing.assert_array_equal(ours, expected)
+
+
+def test_tf_bilinear_resize_by_hand_and_against_grid_sample():
+    # 2 -> 4 along each axis: sources 0, 0.5, 1, 1.5 (the last clamps to the edge pixel); no half-pixel offset
+    image = np.zeros((2, 2, 3), dtype=np.uint8)
+    image[:, :, 0] = [[0, 100], [200, 40]]
+    out = resize_tf_bilinear(image, size=4)[0]
+    np.testing.assert_array_equal(out[0], [0, 50, 100, 100])
+    np.testing.assert_array_equal(out[:, 0], [0, 100, 200, 200])
+    assert out[1, 1] == pytest.approx((0 + 100 + 200 + 40) / 4)
+    # the same coordinates written as NVIDIA's TorchScript Inception does (an affine grid shifted by 1/in - 1/out,
+    # grid_sample with border padding): equal up to float32 rounding of the grid, while the clean resize is not
+    rng = np.random.default_rng(5)
+    for h, w in [(256, 256), (64, 80), (17, 331)]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        x = torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None]
+        theta = torch.eye(2, 3)[None].clone()
+        theta[0, 0, 2] += 1 / w - 1 / 299
+        theta[0, 1, 2] += 1 / h - 1 / 299
+        grid = torch.nn.functional.affine_grid(theta, [1, 3, 299, 299], align_corners=False)
+        ref = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                                              align_corners=False)[0].numpy()
+        ours = resize_tf_bilinear(img)
+        assert ours.shape == (3, 299, 299) and ours.dtype == np.float32
+        assert np.abs(ours - ref).max() < 0.05 and np.abs(ours - ref).mean() < 1e-3
+        assert np.abs(resize_clean(img) - ref).max() > 1.0
+    with pytest.raises(ValueError, match="uint8"):
+        resize_tf_bilinear(np.zeros((4, 4, 3), dtype=np.float32))
+
+
+def test_extractor_resize_mode_changes_id_and_features(extractor):
+    adm = extractor.with_resize("tf-bilinear")
+    assert extractor.with_resize("clean") is extractor and adm.layers is extractor.layers
+    assert adm.id != extractor.id and "tf1-legacy-bilinear" in adm.id and adm.describe()["resize"] == "tf-bilinear"
+    images = _nchw(_smooth_images(np.random.default_rng(1), 2, 48, scale=60, offset=120))
+    a, b = extractor.features(images), adm.features(images)
+    hwc = images.permute(0, 2, 3, 1).numpy()
+    expected = adm.forward_resized(torch.from_numpy(np.stack([resize_tf_bilinear(im) for im in hwc])))
+    assert torch.equal(b, expected) and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="clean, tf-bilinear"):
+        extractor.with_resize("bicubic")
 
 
 # -- (3) the folder tool against clean-fid -------------------------------------------------------------------

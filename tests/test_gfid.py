@@ -307,6 +307,43 @@ def test_adm_statistics_warn_mixed_pipeline(folder_reference, extractor, headed_
     assert v["precision"].extra["warning"] == "SIZE"
 
 
+def test_adm_resize_scores_adm_statistics_without_mixed_warning(folder, extractor, tmp_path):
+    """--resize adm: samples and reference images go through ADM's TF1 bilinear resize; mu/sigma read from an ADM
+    file are then the same pipeline (no mixed-pipeline warning), and the cache keys keep the two modes apart."""
+    adm_ext = extractor.with_resize("tf-bilinear")
+    imgs = torch.from_numpy(_images(N_IMAGES)).permute(0, 3, 1, 2)
+    state = extract_samples([imgs], adm_ext)
+    full = tmp_path / "VIRTUAL_like.npz"
+    (mu, sigma), (mu_s, sigma_s) = state.pool.mean_cov(), state.spatial.mean_cov()
+    np.savez(full, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s, arr_0=_images(N_IMAGES))
+    ref = open_reference(str(full), resize="tf-bilinear")
+    assert ref.warnings == {}
+    v = score_samples(iter_samples(str(folder), batch_size=2), ref, resize="tf-bilinear")
+    assert v["gfid"].value == pytest.approx(0.0, abs=1e-6) and v["sfid"].value == pytest.approx(0.0, abs=1e-6)
+    assert "mixed" not in v["gfid"].extra["warning"] and "tf1-legacy-bilinear" in v["gfid"].extra["extractor"]
+    assert v["precision"].value == 1.0 and v["recall"].value == 1.0
+    # the same file under the default resize: warned, and the values move
+    clean = score_samples(iter_samples(str(folder), batch_size=2), open_reference(str(full)))
+    assert "mixed pipelines" in clean["gfid"].extra["warning"] and "--resize adm" in clean["gfid"].extra["warning"]
+    assert clean["gfid"].value > 1e-3
+    # dataset references: one cache entry per resize mode, each matching its own samples
+    for mode in ("clean", "tf-bilinear"):
+        r = open_reference(str(folder), resolution=64, resize=mode)
+        assert r.extractor == extractor.with_resize(mode).id
+        vals = score_samples(iter_samples(str(folder), batch_size=N_IMAGES), r, resize=mode)
+        assert vals["gfid"].value == pytest.approx(0.0, abs=1e-6)
+    # the CLI: --resize adm recorded in the run; an unknown mode refused before any work
+    out = tmp_path / "results"
+    r = runner.invoke(app, ["gfid", str(folder), "--ref", str(full), "--out", str(out), "--resize", "adm", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert all("mixed" not in w for w in summary["warnings"].values())
+    rec = json.loads(open(summary["result"]).read())
+    assert rec["run"]["resize"] == "tf-bilinear" and rec["extractor"]["resize"] == "tf-bilinear"
+    r = runner.invoke(app, ["gfid", str(folder), "--ref", str(full), "--out", str(out), "--resize", "bicubic"])
+    assert r.exit_code == 2 and "'clean'" in r.output and "'adm'" in r.output
+
+
 def test_cli_note_column_shows_both_warnings(folder, extractor, tmp_path):
     from vtbench.metrics.frechet import FeatureStats
     adm = tmp_path / "adm_ref.npz"

@@ -82,6 +82,31 @@ def test_kv_cache_sampling_equals_recomputation(scale, top_k, top_p):
     assert fast.shape == (4, 12) and torch.equal(fast, slow)
 
 
+def test_kv_cache_fills_in_place_and_refuses_overflow():
+    from vtbench.probe.model import KVCache
+
+    cache = KVCache(n_layer=2, capacity=5)
+    k0, v0 = torch.randn(2, 3, 3, 4), torch.randn(2, 3, 3, 4)
+    k, v = cache.append(0, k0, v0)
+    assert torch.equal(k, k0) and torch.equal(v, v0)
+    k1 = torch.randn(2, 3, 1, 4)
+    k, v = cache.append(0, k1, k1)
+    assert k.shape[2] == 4 and torch.equal(k[:, :, :3], k0) and torch.equal(k[:, :, 3:], k1)
+    buffer = cache.k[0]
+    cache.append(0, k1, k1)
+    assert cache.k[0] is buffer  # no reallocation while filling
+    assert cache.filled == [5, 0]
+    with pytest.raises(ValueError, match="5 positions"):
+        cache.append(0, k1, k1)
+    m = tiny_model().eval()
+    full = KVCache(m.cfg.n_layer, m.cfg.block_size)
+    with torch.no_grad():  # class token + block_size - 1 codes fill the cache
+        m(torch.zeros(1, m.cfg.block_size - 1, dtype=torch.long), torch.tensor([0]), cache=full)
+        assert full.length == m.cfg.block_size
+        with pytest.raises(ValueError, match="block_size"):
+            m.step(torch.tensor([1]), full)
+
+
 def test_cfg_scale_one_is_conditional_and_zero_unconditional():
     c, u = torch.randn(3, 10), torch.randn(3, 10)
     assert cfg_logits(c, u, 1.0) is c

@@ -167,6 +167,7 @@ def gfid(
     ref_limit: Optional[int] = typer.Option(None, "--ref-limit", help="A seeded N-subset of the reference images (dataset ids, or an npz's arr_0 rows; --seed)."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Dataset references: adm-center-crop size (default: the samples' size when square, else 256)."),
     allow_size_mismatch: bool = typer.Option(False, "--allow-size-mismatch", help="Score samples and reference images of different sizes anyway (each value then carries a warning)."),
+    resize: str = typer.Option("clean", "--resize", help="Inception input resize: 'clean' (clean-fid, default) or 'adm' (the TF1 bilinear resize of ADM's evaluator; use it against ADM reference batches' mu/sigma)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     seed: int = typer.Option(0, "--seed"),
@@ -180,11 +181,15 @@ def gfid(
     from vtbench.metrics import MetricUnavailable
     from vtbench.registry import UnknownNameError
     from vtbench.runner import resolve_device
+    resize_modes = {"clean": "clean", "adm": "tf-bilinear", "tf-bilinear": "tf-bilinear"}
+    if resize not in resize_modes:
+        _fail(f"--resize {resize!r}: choose 'clean' (clean-fid) or 'adm' (ADM's TF1 bilinear resize)", 2)
     try:
         rec = gfid_run(samples, ref, name=name, out=out, tokenizer=tokenizer, weights=weights, resolution=resolution,
                        limit=limit, ref_limit=ref_limit, seed=seed, batch_size=batch_size,
                        device=str(resolve_device(device)), progress=not (quiet or as_json),
-                       trust_checkpoint=trust_checkpoint, allow_size_mismatch=allow_size_mismatch)
+                       trust_checkpoint=trust_checkpoint, allow_size_mismatch=allow_size_mismatch,
+                       resize=resize_modes[resize])
     except UnknownNameError as exc:
         _fail(str(exc), 2)
     except MetricUnavailable as exc:

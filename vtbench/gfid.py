@@ -2,7 +2,8 @@
 
 Reports ``gfid``, ``sfid``, ``inception_score``, ``precision`` and ``recall`` (definitions and the ADM evaluator
 line references in ``vtbench.metrics.generation``; protocol ``metrics/generation.toml``). Features are the FID
-Inception of ``vtbench.metrics.inception`` (clean-fid "clean" resize; ADM resizes bilinearly inside its TF graph).
+Inception of ``vtbench.metrics.inception``, resized with clean-fid's "clean" resize (the default) or, with
+``resize="tf-bilinear"`` (CLI ``--resize adm``), with the TF1 bilinear resize inside the graph ADM's evaluator uses.
 
 **Samples** (``iter_samples``), each read in order and streamed in batches of uint8 ``(B, 3, H, W)``:
 
@@ -39,10 +40,11 @@ protocol does, ``round(clamp(x, 0, 1) * 255)``.
   extractor and subset; the cache files are reference ``.npz`` files themselves.
 
 **Mixed pipelines**: ``mu``/``sigma`` (``mu_s``/``sigma_s``) read from an ADM reference file were computed by ADM's
-TF evaluator, which resizes to 299 x 299 bilinearly inside its graph; sample features here use clean-fid's resize.
-``gfid`` / ``sfid`` against such statistics carry ``extra["warning"]`` (comparable with ADM-evaluated numbers only
-up to that resize difference). Warnings that apply together (rank-deficient N, mixed pipeline, size mismatch) are
-joined with ``"; "``.
+TF evaluator, which resizes to 299 x 299 bilinearly inside its graph. With the default clean-fid resize, ``gfid`` /
+``sfid`` against such statistics carry ``extra["warning"]`` (comparable with ADM-evaluated numbers only up to that
+resize difference; the fix is ``--resize adm``). With ``resize="tf-bilinear"`` the samples go through ADM's resize
+and no warning is given (what remains is the TorchScript port of the same graph). Warnings that apply together
+(rank-deficient N, mixed pipeline, size mismatch) are joined with ``"; "``.
 
 **Sizes** (``gfid_run``): samples record their ``height`` x ``width`` (token files: the size the codes decode to;
 folders and ADM ``.npz``: the first image's). A reference of another image size (a dataset at ``resolution``,
@@ -72,7 +74,8 @@ from vtbench.fid_tool import list_images
 from vtbench.metrics.base import MetricValue
 from vtbench.metrics.frechet import FeatureStats, GaussianStats, frechet_distance
 from vtbench.metrics.generation import IS_SPLIT_SIZE, NEAREST_K, PR_BLOCK_SIZE, GenerationState, precision_recall
-from vtbench.metrics.inception import FEATURE_DIM, SPATIAL_DIM, SPATIAL_ID, InceptionExtractor, load_inception
+from vtbench.metrics.inception import (FEATURE_DIM, SPATIAL_DIM, SPATIAL_ID, InceptionExtractor, check_resize_mode,
+                                       load_inception)
 from vtbench.results import RESULT_FILE, environment, new_record, slug, write_json_atomic, write_npz_atomic
 
 log = logging.getLogger("vtbench")
@@ -111,7 +114,7 @@ def mixed_pipeline_warning(source: str, what: str = "mu/sigma") -> str:
     return (f"mixed pipelines: the reference {what} come from {source} (ADM's TF evaluator resizes bilinearly to "
             "299x299 inside its graph), the samples' features from vtbench's extractor (clean-fid resize), so the "
             "value is comparable with ADM-evaluated numbers only up to the resize difference (clean-fid vs legacy "
-            "resize)")
+            "resize); score with --resize adm (resize='tf-bilinear') to use ADM's resize")
 
 
 # ------------------------------------------------------------------------------------------------ npz reading
@@ -539,7 +542,8 @@ def _load_cached(path: Path) -> Reference | None:
 
 
 def _reference_from_npz(path: Path, *, extractor: InceptionExtractor | None, limit: int | None = None,
-                        seed: int = 0, batch_size: int = 32, progress: bool = False) -> Reference:
+                        seed: int = 0, batch_size: int = 32, progress: bool = False,
+                        resize: str = "clean") -> Reference:
     from vtbench.data.datasets import select_subset
     from vtbench.hashing import sha256sum
 
@@ -605,6 +609,8 @@ def _reference_from_npz(path: Path, *, extractor: InceptionExtractor | None, lim
             "selection": None if n_selected is None else _digest(limit, seed, n_images)[:12],
             "image_size": image_size}
     warnings = {}
+    if resize == "tf-bilinear":  # the samples go through ADM's resize: the file's statistics are the same pipeline
+        pool_from_file = spatial_from_file = False
     if pool_from_file and pool is not None:
         warnings["gfid"] = mixed_pipeline_warning(f"{path.name}, not this extractor", "mu/sigma")
     if spatial_from_file and spatial is not None:
@@ -661,26 +667,29 @@ def _reference_from_dataset(spec: str, *, resolution: int, limit: int | None, se
 
 def open_reference(spec: str, *, resolution: int = 256, limit: int | None = None, seed: int = 0,
                    batch_size: int = 32, device: str | torch.device = "cpu", inception_path: str | None = None,
-                   progress: bool = False, pr_reference_size: int = PR_REFERENCE_SIZE) -> Reference:
+                   progress: bool = False, pr_reference_size: int = PR_REFERENCE_SIZE,
+                   resize: str = "clean") -> Reference:
     """Open a reference: an ADM/vtbench reference ``.npz`` or a dataset (see the module docstring).
 
     ``limit`` / ``seed``: a deterministic subset of the dataset (or of an npz's ``arr_0`` images);
     ``pr_reference_size``: at most this many dataset images (a seeded subset) keep pool_3 features for
     precision/recall. Raises ``MetricUnavailable`` when Inception weights are needed and missing,
-    ``SampleFormatError`` / ``DatasetError`` (both ``ValueError``) for unreadable inputs.
+    ``SampleFormatError`` / ``DatasetError`` (both ``ValueError``) for unreadable inputs. ``resize``: the
+    extractor's resize mode (``"clean"`` or ``"tf-bilinear"``; part of every cache key).
     """
+    check_resize_mode(resize)
     path = Path(spec)
     if path.suffix.lower() == ".npz" and path.is_file():
         keys = npz_keys(path)
         needs_images = "arr_0" in keys and not ({"mu", "sigma", "features"} <= set(keys))
-        extractor = load_inception(inception_path, device) if needs_images else None
+        extractor = load_inception(inception_path, device).with_resize(resize) if needs_images else None
         return _reference_from_npz(path, extractor=extractor, limit=limit, seed=seed, batch_size=batch_size,
-                                   progress=progress)
+                                   progress=progress, resize=resize)
     if path.suffix.lower() == ".npz":
         raise FileNotFoundError(f"{spec}: no such reference file")
     return _reference_from_dataset(spec, resolution=resolution, limit=limit, seed=seed, batch_size=batch_size,
-                                   extractor=load_inception(inception_path, device), progress=progress,
-                                   pr_reference_size=pr_reference_size)
+                                   extractor=load_inception(inception_path, device).with_resize(resize),
+                                   progress=progress, pr_reference_size=pr_reference_size)
 
 
 def reference_image_size(spec: str, resolution: int = DEFAULT_RESOLUTION) -> tuple[tuple[int, int] | None, str]:
@@ -852,7 +861,7 @@ def score_state(state: GenerationState, reference: Reference, *, extractor: Ince
 
 def score_samples(samples: Iterable[torch.Tensor], reference: Reference, *, device: str | torch.device = "cpu",
                   seed: int = 0, progress: bool = False, inception_path: str | None = None,
-                  nearest_k: int = NEAREST_K) -> dict[str, MetricValue]:
+                  nearest_k: int = NEAREST_K, resize: str = "clean") -> dict[str, MetricValue]:
     """Score uint8 ``(B, 3, H, W)`` sample batches against ``reference``: ``gfid``, ``sfid``,
     ``inception_score``, ``precision``, ``recall`` (each ``MetricValue``; None + reason when not computable).
 
@@ -862,7 +871,7 @@ def score_samples(samples: Iterable[torch.Tensor], reference: Reference, *, devi
         values = score_samples(iter_samples("samples.npz", batch_size=32), ref)
         values["gfid"].value
     """
-    extractor = load_inception(inception_path, device)
+    extractor = load_inception(inception_path, device).with_resize(resize)
     state = extract_samples(samples, extractor, keep_features=reference.features is not None, seed=seed,
                             progress=progress)
     return score_state(state, reference, extractor=extractor, nearest_k=nearest_k, device=device)
@@ -882,7 +891,7 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
              limit: int | None = None, seed: int = 0, batch_size: int = 32, device: str | torch.device = "cpu",
              inception_path: str | None = None, nearest_k: int = NEAREST_K, progress: bool = False,
              ref_limit: int | None = None, trust_checkpoint: bool = False,
-             allow_size_mismatch: bool = False) -> dict[str, Any]:
+             allow_size_mismatch: bool = False, resize: str = "clean") -> dict[str, Any]:
     """Score ``samples_spec`` against ``ref_spec`` and write the result record (``result_path``); returns it.
 
     ``name``: the row name (default: the tokenizer of a token file, else the samples' file or folder name);
@@ -890,11 +899,13 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
     npz's ``arr_0`` rows); ``resolution``: a dataset reference's crop size (None: the samples' size when square,
     else 256); ``trust_checkpoint``: passed to ``build_tokenizer`` as ``trust``. Samples and reference images of
     different sizes raise ``SizeMismatchError`` unless ``allow_size_mismatch`` (then every value warns).
+    ``resize``: ``"clean"`` (clean-fid) or ``"tf-bilinear"`` (ADM's evaluator), for samples and reference alike.
     """
     from vtbench.config import load_protocol
 
     if ref_limit is not None and ref_limit < 1:
         raise ValueError(f"ref_limit must be a positive integer, got {ref_limit}")
+    check_resize_mode(resize)
     started = datetime.now(timezone.utc).isoformat()
     protocol = load_protocol("generation")
     samples = iter_samples(samples_spec, tokenizer=tokenizer, batch_size=batch_size, limit=limit, device=device,
@@ -917,9 +928,9 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
     t0 = time.perf_counter()
     reference = open_reference(ref_spec, resolution=used or DEFAULT_RESOLUTION, limit=ref_limit, seed=seed,
                                batch_size=batch_size, device=device, inception_path=inception_path,
-                               progress=progress)
+                               progress=progress, resize=resize)
     t1 = time.perf_counter()
-    extractor = load_inception(inception_path, device)
+    extractor = load_inception(inception_path, device).with_resize(resize)
     state = extract_samples(samples, extractor, keep_features=reference.features is not None, seed=seed,
                             progress=progress)
     t2 = time.perf_counter()
@@ -948,7 +959,7 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
         samples={**samples.provenance, "n_requested": limit, "n": state.n},
         extractor=extractor.describe(),
         run={"seed": seed, "batch_size": batch_size, "nearest_k": nearest_k, "resolution": used,
-             "resolution_source": source, "limit": limit, "ref_limit": ref_limit,
+             "resolution_source": source, "resize": resize, "limit": limit, "ref_limit": ref_limit,
              "trust_checkpoint": bool(trust_checkpoint), "allow_size_mismatch": bool(allow_size_mismatch),
              "size_warning": size_warning, "reference_spec": str(ref_spec), "samples_spec": str(samples_spec)},
     )

