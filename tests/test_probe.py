@@ -310,6 +310,13 @@ def test_probe_cli_end_to_end(tmp_path):
 
     again = runner.invoke(app, args)  # complete: reused, not recomputed
     assert again.exit_code == 0 and json.loads(again.stdout)["metrics"] == m
+    assert "pil-bicubic" in rec["metrics"]["gfid"]["extra"]["extractor"]
+    adm = runner.invoke(app, args + ["--resize", "adm"])  # the same trained prior, scored with ADM's resize
+    assert adm.exit_code == 0, adm.output
+    rec_adm = json.loads((run_dir / "result.json").read_text())
+    assert "tf1-legacy-bilinear" in rec_adm["metrics"]["gfid"]["extra"]["extractor"]
+    assert rec_adm["run"]["fingerprint"] != rec["run"]["fingerprint"]
+    assert json.loads(adm.stdout)["metrics"]["val_ce"] == m["val_ce"] and json.loads(adm.stdout)["metrics"]["gfid"] != m["gfid"]
     refused = runner.invoke(app, [a if a != "30" else "31" for a in args])
     assert refused.exit_code == 1 and "steps: checkpoint 30, now 31" in refused.output and "--force" in refused.output
 

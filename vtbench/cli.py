@@ -154,6 +154,18 @@ def fid(
         typer.echo(f"FID {res['fid']:.4f}  (n_a={res.get('n_a')}, n_b={res.get('n_b')}, extractor={res.get('extractor')})")
 
 
+RESIZE_HELP = ("Inception input resize: 'clean' (clean-fid, default) or 'adm' (the TF1 bilinear resize of ADM's "
+               "evaluator; use it against ADM reference batches' mu/sigma).")
+
+
+def _resize_mode(value: str) -> str:
+    """--resize value -> the extractor's resize mode (exit 2 naming the choices for anything else)."""
+    modes = {"clean": "clean", "adm": "tf-bilinear", "tf-bilinear": "tf-bilinear"}
+    if value not in modes:
+        _fail(f"--resize {value!r}: choose 'clean' (clean-fid) or 'adm' (ADM's TF1 bilinear resize)", 2)
+    return modes[value]
+
+
 @app.command()
 def gfid(
     samples: str = typer.Argument(..., help="Generated samples: an image folder, an ADM .npz (arr_0 uint8 NHWC) or a token file .npz (codes)."),
@@ -167,7 +179,7 @@ def gfid(
     ref_limit: Optional[int] = typer.Option(None, "--ref-limit", help="A seeded N-subset of the reference images (dataset ids, or an npz's arr_0 rows; --seed)."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Dataset references: adm-center-crop size (default: the samples' size when square, else 256)."),
     allow_size_mismatch: bool = typer.Option(False, "--allow-size-mismatch", help="Score samples and reference images of different sizes anyway (each value then carries a warning)."),
-    resize: str = typer.Option("clean", "--resize", help="Inception input resize: 'clean' (clean-fid, default) or 'adm' (the TF1 bilinear resize of ADM's evaluator; use it against ADM reference batches' mu/sigma)."),
+    resize: str = typer.Option("clean", "--resize", help=RESIZE_HELP),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     seed: int = typer.Option(0, "--seed"),
@@ -181,15 +193,13 @@ def gfid(
     from vtbench.metrics import MetricUnavailable
     from vtbench.registry import UnknownNameError
     from vtbench.runner import resolve_device
-    resize_modes = {"clean": "clean", "adm": "tf-bilinear", "tf-bilinear": "tf-bilinear"}
-    if resize not in resize_modes:
-        _fail(f"--resize {resize!r}: choose 'clean' (clean-fid) or 'adm' (ADM's TF1 bilinear resize)", 2)
+    resize = _resize_mode(resize)
     try:
         rec = gfid_run(samples, ref, name=name, out=out, tokenizer=tokenizer, weights=weights, resolution=resolution,
                        limit=limit, ref_limit=ref_limit, seed=seed, batch_size=batch_size,
                        device=str(resolve_device(device)), progress=not (quiet or as_json),
                        trust_checkpoint=trust_checkpoint, allow_size_mismatch=allow_size_mismatch,
-                       resize=resize_modes[resize])
+                       resize=resize)
     except UnknownNameError as exc:
         _fail(str(exc), 2)
     except MetricUnavailable as exc:
@@ -410,6 +420,7 @@ def probe(
     size: Optional[str] = typer.Option(None, "--size", help="Prior size from metrics/probe.toml: tiny (CPU smoke test, the default), S, B (LlamaGen GPT-B, GigaTok's protocol)."),
     val_data: Optional[str] = typer.Option(None, "--val-data", help="Validation dataset for the cross-entropy (default: a seeded 10% split of --data by id hash)."),
     reference: Optional[str] = typer.Option(None, "--reference", help="gFID reference: a dataset or a reference .npz (e.g. VIRTUAL_imagenet256_labeled.npz). Default: --data."),
+    resize: str = typer.Option("clean", "--resize", help=RESIZE_HELP),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Image size (default: the tokenizer's native size, else the size's / protocol's)."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Deterministic subset of N images of --data."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (overrides the size's budget; recorded, changes the fingerprint)."),
@@ -435,7 +446,7 @@ def probe(
     from vtbench.probe import CheckpointMismatch, ProbeConfig, run_probe
     from vtbench.registry import UnknownNameError
     cfg = ProbeConfig(tokenizer=tokenizer, data=data, size=size, val_data=val_data, reference=reference,
-                      resolution=resolution, limit=limit, seed=seed, steps=steps, epochs=epochs, cfg_scale=cfg_scale,
+                      resize=_resize_mode(resize), resolution=resolution, limit=limit, seed=seed, steps=steps, epochs=epochs, cfg_scale=cfg_scale,
                       cfg_search=cfg_search, samples_per_class=samples_per_class, weights=weights,
                       trust_checkpoint=trust_checkpoint, device=device, out=out, force=force,
                       progress=not (quiet or as_json))

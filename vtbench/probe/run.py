@@ -244,7 +244,9 @@ class _ProbeRun:
             "split": None if cfg.val_data else {"val_fraction": self.protocol.get("split.val_fraction", 0.1),
                                                 "seed": cfg.seed}}
         self.run_fp = fingerprint({**self.settings, "sampling": self.ss.to_dict(), "sampling_extra": self.sextra,
-                                   "reference": cfg.reference})
+                                   "reference": cfg.reference,
+                                   # absent for the default, so fingerprints of earlier runs stay valid
+                                   **({"resize": cfg.resize} if cfg.resize != "clean" else {})})
 
     def _completed(self) -> dict[str, Any] | None:
         path = self.dir / RESULT_FILE
@@ -286,7 +288,7 @@ class _ProbeRun:
             self.ref = self._timed("reference", lambda: open_reference(
                 cfg.reference or cfg.data or self.protocol.get("default_data", "embedded/photos"),
                 resolution=self.res, limit=None if cfg.reference else cfg.limit, seed=cfg.seed, device=self.device,
-                progress=cfg.progress))
+                progress=cfg.progress, resize=cfg.resize))
         scored: dict[float, dict[str, MetricValue]] = {}
         kept: dict[str, Any] = {}  # the best scale's samples only (memory)
 
@@ -295,7 +297,8 @@ class _ProbeRun:
             fid = [math.inf]
             if self.rank == 0:
                 values = self._timed("score", lambda: score_samples(_Batches(got[1]), self.ref, device=self.device,
-                                                                    seed=cfg.seed, progress=cfg.progress))
+                                                                    seed=cfg.seed, progress=cfg.progress,
+                                                                    resize=cfg.resize))
                 if not kept or _better(values, scored):
                     kept.update(scale=scale, samples=got)
                 scored[scale] = values

@@ -23,6 +23,7 @@ class ProbeConfig:
     size: str | None = None
     val_data: str | None = None         # a separate validation dataset (else a split of --data)
     reference: str | None = None        # dataset spec or reference .npz (else --data)
+    resize: str = "clean"               # Inception resize for scoring: "clean" or "tf-bilinear" (ADM's evaluator)
     resolution: int | None = None
     limit: int | None = None
     seed: int = 0
