@@ -6,6 +6,8 @@ T tokens); the preallocated cache writes one position in place. Both produce ide
 Reported as ratios; absolute times depend on the machine. Usage::
 
     python benchmarks/bench_probe_sampling.py [--lengths 256 1024 4096] [--batch 8] [--device cpu]
+
+(the README's figures: ``--lengths 256 1024 2048 --batch 4`` and ``--lengths 256 1024 --batch 8``)
 """
 
 from __future__ import annotations
@@ -84,10 +86,10 @@ def main() -> None:
                      "concat_s": round(best["concat"], 3), "prealloc_s": round(best["prealloc"], 3),
                      "concat_over_prealloc": round(best["concat"] / best["prealloc"], 2), "identical_codes": same})
         print(json.dumps(rows[-1]), flush=True)
-    print("| tokens | concat s | preallocated s | concat / preallocated | identical codes |")
-    print("|---|---|---|---|---|")
+    print("| tokens | batch | concat s | preallocated s | concat / preallocated | identical codes |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['tokens']} | {r['concat_s']} | {r['prealloc_s']} | {r['concat_over_prealloc']}x | "
+        print(f"| {r['tokens']} | {r['batch']} | {r['concat_s']} | {r['prealloc_s']} | {r['concat_over_prealloc']}x | "
               f"{r['identical_codes']} |")
 
 

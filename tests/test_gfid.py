@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from vtbench.cli import app
 from vtbench.gfid import (Reference, SampleFormatError, SizeMismatchError, check_sizes, extract_samples, gfid_run,
-                          iter_npz_rows, iter_samples, open_reference, read_token_file, reference_image_size,
+                          iter_npz_rows, iter_samples, metric_key, open_reference, read_token_file,
+                          reference_image_size,
                           result_path, score_samples, score_state, write_token_file)
 from vtbench.metrics.inception import LOGITS_DIM, SPATIAL_DIM
 
@@ -309,7 +310,8 @@ def test_adm_statistics_warn_mixed_pipeline(folder_reference, extractor, headed_
 
 def test_adm_resize_scores_adm_statistics_without_mixed_warning(folder, extractor, tmp_path):
     """--resize adm: samples and reference images go through ADM's TF1 bilinear resize; mu/sigma read from an ADM
-    file are then the same pipeline (no mixed-pipeline warning), and the cache keys keep the two modes apart."""
+    file are then the same pipeline (no mixed-pipeline warning); values get their own keys (gfid@adm) and result
+    folder; the cache keys keep the two modes apart; a reference computed under the other mode is warned about."""
     adm_ext = extractor.with_resize("tf-bilinear")
     imgs = torch.from_numpy(_images(N_IMAGES)).permute(0, 3, 1, 2)
     state = extract_samples([imgs], adm_ext)
@@ -317,29 +319,53 @@ def test_adm_resize_scores_adm_statistics_without_mixed_warning(folder, extracto
     (mu, sigma), (mu_s, sigma_s) = state.pool.mean_cov(), state.spatial.mean_cov()
     np.savez(full, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s, arr_0=_images(N_IMAGES))
     ref = open_reference(str(full), resize="tf-bilinear")
-    assert ref.warnings == {}
     v = score_samples(iter_samples(str(folder), batch_size=2), ref, resize="tf-bilinear")
-    assert v["gfid"].value == pytest.approx(0.0, abs=1e-6) and v["sfid"].value == pytest.approx(0.0, abs=1e-6)
-    assert "mixed" not in v["gfid"].extra["warning"] and "tf1-legacy-bilinear" in v["gfid"].extra["extractor"]
-    assert v["precision"].value == 1.0 and v["recall"].value == 1.0
-    # the same file under the default resize: warned, and the values move
-    clean = score_samples(iter_samples(str(folder), batch_size=2), open_reference(str(full)))
+    assert set(v) == {"gfid@adm", "sfid@adm", "inception_score@adm", "precision@adm", "recall@adm"}
+    assert v["gfid@adm"].display_name == "gFID (ADM resize)" and v["gfid@adm"].extra["resize"] == "tf-bilinear"
+    assert v["gfid@adm"].value == pytest.approx(0.0, abs=1e-6) and v["sfid@adm"].value == pytest.approx(0.0, abs=1e-6)
+    for key in ("gfid@adm", "sfid@adm", "precision@adm"):
+        w = v[key].extra.get("warning", "")
+        assert "mixed" not in w and "computed with" not in w, (key, w)
+    assert "tf1-legacy-bilinear" in v["gfid@adm"].extra["extractor"]
+    assert v["gfid@adm"].extra["reference_statistics"].startswith("file (ADM's evaluator")
+    assert v["precision@adm"].value == 1.0 and v["recall@adm"].value == 1.0
+    # the same reference scored with the default resize: warned (the decision is the samples' resize), values move
+    clean = score_samples(iter_samples(str(folder), batch_size=2), ref)
     assert "mixed pipelines" in clean["gfid"].extra["warning"] and "--resize adm" in clean["gfid"].extra["warning"]
     assert clean["gfid"].value > 1e-3
     # dataset references: one cache entry per resize mode, each matching its own samples
+    refs = {}
     for mode in ("clean", "tf-bilinear"):
-        r = open_reference(str(folder), resolution=64, resize=mode)
+        refs[mode] = r = open_reference(str(folder), resolution=64, resize=mode)
         assert r.extractor == extractor.with_resize(mode).id
         vals = score_samples(iter_samples(str(folder), batch_size=N_IMAGES), r, resize=mode)
-        assert vals["gfid"].value == pytest.approx(0.0, abs=1e-6)
-    # the CLI: --resize adm recorded in the run; an unknown mode refused before any work
+        assert vals[metric_key("gfid", mode)].value == pytest.approx(0.0, abs=1e-6)
+    # a reference opened under one mode and scored under the other: every reference-based value is warned
+    crossed = score_samples(iter_samples(str(folder), batch_size=N_IMAGES), refs["clean"], resize="tf-bilinear")
+    for key in ("gfid@adm", "sfid@adm", "precision@adm", "recall@adm"):
+        assert "the reference was computed with" in crossed[key].extra["warning"], key
+    assert "computed with" not in crossed["inception_score@adm"].extra.get("warning", "")
+    # the CLI: --resize adm recorded in the run, its own result folder; an unknown mode refused before any work
     out = tmp_path / "results"
+    r = runner.invoke(app, ["gfid", str(folder), "--ref", str(full), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    clean_path = json.loads(r.stdout)["result"]
     r = runner.invoke(app, ["gfid", str(folder), "--ref", str(full), "--out", str(out), "--resize", "adm", "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
-    assert all("mixed" not in w for w in summary["warnings"].values())
+    assert summary["result"] != clean_path and "generation-adm" in summary["result"]
+    assert set(summary["metrics"]) == set(v) and all("mixed" not in w for w in summary["warnings"].values())
     rec = json.loads(open(summary["result"]).read())
     assert rec["run"]["resize"] == "tf-bilinear" and rec["extractor"]["resize"] == "tf-bilinear"
+    assert "gfid" in json.loads(open(clean_path).read())["metrics"]  # the clean record is still there
+    from vtbench.compare import compare
+    from vtbench.report import rich_table
+    from vtbench.results import load
+    assert {"gfid", "gfid@adm"} <= set(load(out)["metric"])
+    table = rich_table([json.loads(open(p).read()) for p in (clean_path, summary["result"])])
+    assert {"gFID ↓", "gFID adm ↓"} <= {str(c.header) for c in table.columns}
+    report = compare(out, out)  # both records in one tree: two compare rows sets, not a clash
+    assert report.exit_code == 0 and {r.metric for r in report.rows} >= {"gfid", "gfid@adm"}
     r = runner.invoke(app, ["gfid", str(folder), "--ref", str(full), "--out", str(out), "--resize", "bicubic"])
     assert r.exit_code == 2 and "'clean'" in r.output and "'adm'" in r.output
 

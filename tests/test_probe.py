@@ -313,10 +313,15 @@ def test_probe_cli_end_to_end(tmp_path):
     assert "pil-bicubic" in rec["metrics"]["gfid"]["extra"]["extractor"]
     adm = runner.invoke(app, args + ["--resize", "adm"])  # the same trained prior, scored with ADM's resize
     assert adm.exit_code == 0, adm.output
-    rec_adm = json.loads((run_dir / "result.json").read_text())
-    assert "tf1-legacy-bilinear" in rec_adm["metrics"]["gfid"]["extra"]["extractor"]
-    assert rec_adm["run"]["fingerprint"] != rec["run"]["fingerprint"]
-    assert json.loads(adm.stdout)["metrics"]["val_ce"] == m["val_ce"] and json.loads(adm.stdout)["metrics"]["gfid"] != m["gfid"]
+    adm_obj = json.loads(adm.stdout)
+    assert adm_obj["result"] == str(run_dir / "resize-adm" / "result.json") and adm_obj["n_samples"] == 4
+    rec_adm = json.loads((run_dir / "resize-adm" / "result.json").read_text())
+    assert "tf1-legacy-bilinear" in rec_adm["metrics"]["gfid@adm"]["extra"]["extractor"]
+    assert rec_adm["run"]["fingerprint"] != rec["run"]["fingerprint"] and rec_adm["run"]["resize"] == "tf-bilinear"
+    assert rec_adm["run"]["train_fingerprint"] == rec["run"]["train_fingerprint"]
+    assert adm_obj["metrics"]["val_ce"] == m["val_ce"] and adm_obj["metrics"]["gfid@adm"] != m["gfid"]
+    assert json.loads((run_dir / "result.json").read_text()) == rec  # the clean record is kept
+    assert (run_dir / "resize-adm" / "samples.npz").is_file()
     refused = runner.invoke(app, [a if a != "30" else "31" for a in args])
     assert refused.exit_code == 1 and "steps: checkpoint 30, now 31" in refused.output and "--force" in refused.output
 

@@ -206,7 +206,7 @@ def gfid(
         _fail(exc.reason)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
-    path = result_path(out, rec["dataset"]["id"], rec["tokenizer"]["name"])
+    path = result_path(out, rec["dataset"]["id"], rec["tokenizer"]["name"], rec["run"]["resize"])
     metrics = rec["metrics"]
     if as_json:
         typer.echo(json.dumps({"name": rec["tokenizer"]["name"], "reference": rec["dataset"]["id"],
@@ -461,9 +461,13 @@ def probe(
     if record is None:  # a torchrun rank other than 0
         return
     from vtbench.results import RESULT_FILE, slug
-    path = out / slug(record["dataset"]["id"]) / slug(record["tokenizer"]["name"]) / f"probe-{slug(record['run']['size'])}" / RESULT_FILE
+    from vtbench.gfid import metric_key
+    from vtbench.probe.run import result_dir
+    path = result_dir(out / slug(record["dataset"]["id"]) / slug(record["tokenizer"]["name"])
+                      / f"probe-{slug(record['run']['size'])}", cfg.resize) / RESULT_FILE
     summary = {**_run_summary(record, path), "size": record["run"]["size"], "steps": record["probe"]["train"]["steps"],
-               "cfg_scale": record["probe"]["sampling"]["cfg_scale"], "n_samples": record["metrics"]["gfid"]["n"]}
+               "cfg_scale": record["probe"]["sampling"]["cfg_scale"],
+               "n_samples": record["metrics"][metric_key("gfid", cfg.resize)]["n"]}
     if as_json:
         typer.echo(json.dumps(summary, indent=2, allow_nan=False))
     else:

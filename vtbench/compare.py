@@ -373,7 +373,8 @@ def _index(records: Iterable[tuple[Any, Mapping[str, Any]]], side: str) -> dict[
             key = (str(rec["tokenizer"]["name"]), str(rec["dataset"]["id"]))
             proto = rec.get("protocol") or {}
             if proto.get("task") == "generation":  # gfid / probe results sit beside the run of the same pair
-                key = (key[0], f"{key[1]} ({proto.get('name')})")
+                adm = ", ADM resize" if (rec.get("run") or {}).get("resize") == "tf-bilinear" else ""
+                key = (key[0], f"{key[1]} ({proto.get('name')}{adm})")
         except (KeyError, TypeError):
             raise CompareInputError(f"{side} {path}: not a vtbench result (no tokenizer.name / dataset.id)") from None
         if key in out:

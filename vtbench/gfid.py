@@ -55,6 +55,7 @@ else to 256.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -90,6 +91,14 @@ FULL_RANK_N = FEATURE_DIM
 OUTPUTS: dict[str, tuple[str, bool]] = {"gfid": ("gFID", False), "sfid": ("sFID", False),
                                         "inception_score": ("IS", True), "precision": ("Precision", True),
                                         "recall": ("Recall", True)}
+# ADM-resize values are other numbers than clean ones: their own metric keys (``gfid@adm``) and result folder, so
+# the two never overwrite each other or share a leaderboard column or a compare row
+RESIZE_SUFFIX = {"clean": "", "tf-bilinear": "@adm"}
+
+
+def metric_key(base: str, resize: str = "clean") -> str:
+    """The record key of output ``base`` (``gfid``, ...) under a resize mode: ``gfid`` / ``gfid@adm``."""
+    return base + RESIZE_SUFFIX[check_resize_mode(resize)]
 
 
 class SampleFormatError(ValueError):
@@ -542,8 +551,7 @@ def _load_cached(path: Path) -> Reference | None:
 
 
 def _reference_from_npz(path: Path, *, extractor: InceptionExtractor | None, limit: int | None = None,
-                        seed: int = 0, batch_size: int = 32, progress: bool = False,
-                        resize: str = "clean") -> Reference:
+                        seed: int = 0, batch_size: int = 32, progress: bool = False) -> Reference:
     from vtbench.data.datasets import select_subset
     from vtbench.hashing import sha256sum
 
@@ -608,9 +616,9 @@ def _reference_from_npz(path: Path, *, extractor: InceptionExtractor | None, lim
             "n_images": n_images, "n_selected": n_selected, "limit": limit, "seed": seed,
             "selection": None if n_selected is None else _digest(limit, seed, n_images)[:12],
             "image_size": image_size}
+    # statistics read from the file came from ADM's TF evaluator: ``score_state`` applies these warnings unless the
+    # samples go through ADM's resize too
     warnings = {}
-    if resize == "tf-bilinear":  # the samples go through ADM's resize: the file's statistics are the same pipeline
-        pool_from_file = spatial_from_file = False
     if pool_from_file and pool is not None:
         warnings["gfid"] = mixed_pipeline_warning(f"{path.name}, not this extractor", "mu/sigma")
     if spatial_from_file and spatial is not None:
@@ -684,7 +692,7 @@ def open_reference(spec: str, *, resolution: int = 256, limit: int | None = None
         needs_images = "arr_0" in keys and not ({"mu", "sigma", "features"} <= set(keys))
         extractor = load_inception(inception_path, device).with_resize(resize) if needs_images else None
         return _reference_from_npz(path, extractor=extractor, limit=limit, seed=seed, batch_size=batch_size,
-                                   progress=progress, resize=resize)
+                                   progress=progress)
     if path.suffix.lower() == ".npz":
         raise FileNotFoundError(f"{spec}: no such reference file")
     return _reference_from_dataset(spec, resolution=resolution, limit=limit, seed=seed, batch_size=batch_size,
@@ -817,16 +825,23 @@ def score_state(state: GenerationState, reference: Reference, *, extractor: Ince
     base: dict[str, Any] = {"n_reference": reference.n}
     if warning:
         base["warning"] = warning
+    resize = extractor.resize_mode if extractor is not None else "clean"
+    other = None  # the reference's features came from another extractor (weights or resize)
     if extractor is not None:
         base.update(extractor=extractor.id, weights_sha256=extractor.sha256)
         if reference.extractor and reference.extractor != extractor.id:
             base["reference_extractor"] = reference.extractor
-            log.warning("reference %s was computed with %s, samples with %s", reference.id, reference.extractor,
-                        extractor.id)
+            other = (f"the reference was computed with {reference.extractor}, the samples with {extractor.id}: "
+                     "values are comparable only up to that difference (open the reference with the same resize)")
+            log.warning("%s", other)
+    # ADM-file statistics: a mixed pipeline unless the samples went through ADM's resize too
+    foreign = {} if resize == "tf-bilinear" else reference.warnings
+    if resize == "tf-bilinear" and reference.warnings:
+        base["reference_statistics"] = "file (ADM's evaluator; the same TF1 bilinear resize)"
     out = {"gfid": _frechet("gfid", state.pool, reference.pool, reference.missing.get("gfid"), n, base,
-                            reference.warnings.get("gfid")),
+                            _join_warnings(other, foreign.get("gfid"))),
            "sfid": _frechet("sfid", state.spatial, reference.spatial, reference.missing.get("sfid"), n, base,
-                            reference.warnings.get("sfid"))}
+                            _join_warnings(other, foreign.get("sfid")))}
     is_extra = {**base, "split_size": state.inception.split_size}
     if n == 0:
         out["inception_score"] = _metric("inception_score", None, n, "no samples", **is_extra)
@@ -841,6 +856,8 @@ def score_state(state: GenerationState, reference: Reference, *, extractor: Ince
     feats = state.features()
     pr_extra = {**base, "k": nearest_k, "distance": "squared euclidean, float64",
                 "n_reference_features": None if reference.features is None else int(reference.features.shape[0])}
+    if other:
+        pr_extra["warning"] = _join_warnings(pr_extra.get("warning"), other)
     reason = None
     if reference.features is None:
         reason = reference.missing.get("precision_recall") or "the reference has no pool_3 features"
@@ -856,7 +873,11 @@ def score_state(state: GenerationState, reference: Reference, *, extractor: Ince
         p, r = precision_recall(reference.features, feats, nearest_k, block_size=block_size, device=device)
         out["precision"] = _metric("precision", p, n, **pr_extra)
         out["recall"] = _metric("recall", r, n, **pr_extra)
-    return out
+    if resize == "clean":
+        return out
+    return {metric_key(k, resize): dataclasses.replace(v, display_name=f"{v.display_name} (ADM resize)",
+                                                       extra={**v.extra, "resize": resize})
+            for k, v in out.items()}
 
 
 def score_samples(samples: Iterable[torch.Tensor], reference: Reference, *, device: str | torch.device = "cpu",
@@ -880,10 +901,12 @@ def score_samples(samples: Iterable[torch.Tensor], reference: Reference, *, devi
 # -------------------------------------------------------------------------------------------------- the run
 
 
-def result_path(out: str | os.PathLike, reference_id: str, name: str) -> Path:
+def result_path(out: str | os.PathLike, reference_id: str, name: str, resize: str = "clean") -> Path:
     """``<out>/<slug(reference id)>/<slug(name)>/generation/result.json`` (a subfolder, so a ``vtbench run`` of a
-    tokenizer of the same name on the same data keeps its own ``result.json``)."""
-    return Path(out) / slug(reference_id) / slug(name) / "generation" / RESULT_FILE
+    tokenizer of the same name on the same data keeps its own ``result.json``); ``generation-adm/`` for the ADM
+    resize, whose values are other numbers."""
+    folder = "generation" + RESIZE_SUFFIX[check_resize_mode(resize)].replace("@", "-")
+    return Path(out) / slug(reference_id) / slug(name) / folder / RESULT_FILE
 
 
 def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: str | os.PathLike = "results",
@@ -963,11 +986,12 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
              "trust_checkpoint": bool(trust_checkpoint), "allow_size_mismatch": bool(allow_size_mismatch),
              "size_warning": size_warning, "reference_spec": str(ref_spec), "samples_spec": str(samples_spec)},
     )
-    write_json_atomic(result_path(out, reference.id, name), record)
+    write_json_atomic(result_path(out, reference.id, name, resize), record)
     return record
 
 
 __all__ = ["DEFAULT_RESOLUTION", "OUTPUTS", "Reference", "SampleFormatError", "Samples", "SizeMismatchError",
-           "TokenFile", "check_sizes", "extract_samples", "gfid_run", "iter_npz_rows", "iter_samples", "npz_keys",
+           "TokenFile", "check_sizes", "extract_samples", "gfid_run", "iter_npz_rows", "iter_samples", "metric_key",
+           "npz_keys",
            "open_reference", "read_token_file", "reference_image_size", "result_path", "score_samples",
            "score_state", "write_token_file"]

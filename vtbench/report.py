@@ -15,6 +15,8 @@ COLUMNS = [
     ("text_acc", "T-ACC"), ("text_ned", "T-NED"), ("cer", "CER"), ("wer", "WER"),
     ("psnr", "PSNR"), ("ssim", "SSIM"), ("lpips", "LPIPS"), ("rfid", "rFID"), ("pfid@*", "pFID"),
     ("gfid", "gFID"), ("sfid", "sFID"), ("inception_score", "IS"), ("precision", "Prec"), ("recall", "Rec"),
+    ("gfid@adm", "gFID adm"), ("sfid@adm", "sFID adm"), ("inception_score@adm", "IS adm"),
+    ("precision@adm", "Prec adm"), ("recall@adm", "Rec adm"),
     ("val_ce", "val CE"),
     ("detail_band_ratio@0.25-0.5", "HF band"), ("detail_band_ratio@0.125-0.25", "MF band"),
     ("gradient_energy_ratio", "grad energy"),

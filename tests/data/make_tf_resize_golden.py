@@ -5,7 +5,9 @@ the committed file came from TF 2.21.0): ``python tests/data/make_tf_resize_gold
 tests/test_fid.py compares ``vtbench.metrics.inception.resize_tf_bilinear`` with these outputs bit for bit."""
 import numpy as np, tensorflow as tf
 rng = np.random.default_rng(2026)
-cases = [((5, 7), 11), ((16, 16), 23), ((9, 4), 13), ((32, 24), 29), ((3, 3), 8), ((12, 12), 12)]
+# up- and downsampling, square and not, identity; sizes small enough to commit
+cases = [((5, 7), 11), ((16, 16), 23), ((9, 4), 13), ((32, 24), 29), ((3, 3), 8), ((12, 12), 12),
+         ((64, 48), 29), ((40, 40), 13), ((97, 61), 31), ((7, 100), 17)]
 out = {"tensorflow_version": np.array(tf.__version__)}
 for i, ((h, w), size) in enumerate(cases):
     img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)

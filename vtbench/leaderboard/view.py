@@ -18,7 +18,8 @@ from vtbench.results import slug
 
 # Column groups, in display order. Metrics not named here are quality metrics of their task (a text task's
 # OCR accuracy, a 3D task's Chamfer distance), so new tasks get columns without code changes.
-QUALITY_ORDER = ("psnr", "ssim", "lpips", "rfid", "gfid", "sfid", "inception_score", "precision", "recall")
+QUALITY_ORDER = ("psnr", "ssim", "lpips", "rfid", "gfid", "sfid", "inception_score", "precision", "recall",
+                 "gfid@adm", "sfid@adm", "inception_score@adm", "precision@adm", "recall@adm")
 COMPRESSION = ("tokens_per_image", "bits_per_token", "bits_per_image", "bpp", "compression_ratio")
 CODEBOOK = ("codebook_usage", "token_entropy", "codebook_perplexity")
 SPEED = ("encode_images_per_s", "decode_images_per_s", "peak_memory_mb")

@@ -148,6 +148,7 @@ class _ProbeRun:
         self.ds = open_dataset(cfg.data or protocol.get("default_data", "embedded/photos"), self.policy,
                                limit=cfg.limit, seed=cfg.seed)
         self.dir = Path(cfg.out) / slug(self.ds.info.id) / slug(self.tok.name) / f"probe-{slug(self.size)}"
+        self.out_dir = result_dir(self.dir, cfg.resize)  # samples, tokens and result of this scoring
         self.timings: dict[str, float] = {}
 
     def _timed(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -169,8 +170,9 @@ class _ProbeRun:
     def run(self) -> dict[str, Any] | None:
         cfg, started = self.cfg, datetime.now(timezone.utc).isoformat()
         if cfg.force and self.rank == 0:
-            for name in (CHECKPOINT_FILE, RESULT_FILE, SAMPLES_NPZ, TOKENS_NPZ):
-                (self.dir / name).unlink(missing_ok=True)
+            (self.dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+            for name in (RESULT_FILE, SAMPLES_NPZ, TOKENS_NPZ):
+                (self.out_dir / name).unlink(missing_ok=True)
         barrier()
         self._prepare()
         existing = self._completed()
@@ -200,12 +202,12 @@ class _ProbeRun:
         if self.rank != 0:
             return None
         labels = np.asarray(sample_plan(self.classes, self.sextra["samples_per_class"]), dtype=np.int64)
-        write_npz_atomic(self.dir / SAMPLES_NPZ, arr_0=images, arr_1=labels)
+        write_npz_atomic(self.out_dir / SAMPLES_NPZ, arr_0=images, arr_1=labels)
         from vtbench.gfid import write_token_file
-        write_token_file(self.dir / TOKENS_NPZ, codes.view(codes.shape[0], *self.tokens.shape), self.tok, self.res,
+        write_token_file(self.out_dir / TOKENS_NPZ, codes.view(codes.shape[0], *self.tokens.shape), self.tok, self.res,
                          self.res, labels)
         record = self._record(started, model, state, ce, best, tried, values)
-        write_json_atomic(self.dir / RESULT_FILE, _json_ready(record))
+        write_json_atomic(self.out_dir / RESULT_FILE, _json_ready(record))
         return record
 
     def _prepare(self) -> None:
@@ -249,7 +251,7 @@ class _ProbeRun:
                                    **({"resize": cfg.resize} if cfg.resize != "clean" else {})})
 
     def _completed(self) -> dict[str, Any] | None:
-        path = self.dir / RESULT_FILE
+        path = self.out_dir / RESULT_FILE
         if self.cfg.force or not path.is_file():
             return None
         try:
@@ -281,7 +283,7 @@ class _ProbeRun:
     def _generate(self, model) -> tuple:
         """Sample and score at the fixed scale or along the CFG search; on rank 0 returns (best scale,
         {scale: gfid}, metric values, codes, images) of the best scale (Nones elsewhere)."""
-        from vtbench.gfid import open_reference, score_samples
+        from vtbench.gfid import metric_key, open_reference, score_samples
         cfg, plan = self.cfg, sample_plan(self.classes, self.sextra["samples_per_class"])
         self.ref = None
         if self.rank == 0:
@@ -299,10 +301,11 @@ class _ProbeRun:
                 values = self._timed("score", lambda: score_samples(_Batches(got[1]), self.ref, device=self.device,
                                                                     seed=cfg.seed, progress=cfg.progress,
                                                                     resize=cfg.resize))
-                if not kept or _better(values, scored):
+                if not kept or _better(values, scored, metric_key("gfid", cfg.resize)):
                     kept.update(scale=scale, samples=got)
                 scored[scale] = values
-                fid = [values["gfid"].value if values["gfid"].value is not None else math.inf]
+                g = values[metric_key("gfid", cfg.resize)].value
+                fid = [g if g is not None else math.inf]
             if self.world > 1:
                 dist.broadcast_object_list(fid, src=0)
             return float(fid[0])
@@ -336,7 +339,7 @@ class _ProbeRun:
             metrics={k: v.to_dict() for k, v in metrics.items()},
             timings=self.timings,
             run={"fingerprint": self.run_fp, "train_fingerprint": fingerprint(self.settings), "seed": self.cfg.seed,
-                 "size": self.size, "world_size": self.world},
+                 "size": self.size, "world_size": self.world, "resize": self.cfg.resize},
             probe={"size": self.size, "model": model.cfg.to_dict(), "n_params": model.n_params(),
                    "train": {**ts.fingerprint_dict(), "budget": self.budget, "final_train_loss": state["train_loss"],
                              "log": state["log"]},
@@ -349,10 +352,16 @@ class _ProbeRun:
                    "files": {"samples": SAMPLES_NPZ, "tokens": TOKENS_NPZ, "checkpoint": CHECKPOINT_FILE}})
 
 
-def _better(values: dict[str, MetricValue], scored: dict[float, dict[str, MetricValue]]) -> bool:
-    """Whether ``values`` has a lower gFID than every earlier scale's (None counts as worst)."""
-    mine = values["gfid"].value
-    return mine is not None and all(v["gfid"].value is None or mine < v["gfid"].value for v in scored.values())
+def _better(values: dict[str, MetricValue], scored: dict[float, dict[str, MetricValue]], key: str = "gfid") -> bool:
+    """Whether ``values`` has a lower gFID (``key``) than every earlier scale's (None counts as worst)."""
+    mine = values[key].value
+    return mine is not None and all(v[key].value is None or mine < v[key].value for v in scored.values())
+
+
+def result_dir(run_dir: Path, resize: str = "clean") -> Path:
+    """Where a probe's samples, tokens and ``result.json`` go: the run folder (beside the checkpoint and token
+    cache) for the clean resize, its ``resize-adm/`` subfolder for ADM's (other numbers, the same trained prior)."""
+    return run_dir if resize == "clean" else run_dir / "resize-adm"
 
 
 def _json_ready(obj: Any) -> Any:
