@@ -43,7 +43,9 @@ protocol does, ``round(clamp(x, 0, 1) * 255)``.
 TF evaluator, which resizes to 299 x 299 bilinearly inside its graph. With the default clean-fid resize, ``gfid`` /
 ``sfid`` against such statistics carry ``extra["warning"]`` (comparable with ADM-evaluated numbers only up to that
 resize difference; the fix is ``--resize adm``). With ``resize="tf-bilinear"`` the samples go through ADM's resize
-and no warning is given (what remains is the TorchScript port of the same graph). Warnings that apply together
+and no warning is given (what remains is the TorchScript port of the same graph); those values are keyed
+``gfid@adm``, ``sfid@adm``, ... and written to ``generation-adm/``. A reference whose features came from another
+extractor id (weights file or resize) warns on every reference-based value. Warnings that apply together
 (rank-deficient N, mixed pipeline, size mismatch) are joined with ``"; "``.
 
 **Sizes** (``gfid_run``): samples record their ``height`` x ``width`` (token files: the size the codes decode to;
