@@ -10,6 +10,14 @@ import torch
 from vtbench.config import get_card
 
 
+def smooth_images(n: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """``(n, 3, size, size)`` float in [0, 1]: seeded noise at a quarter of the size, bilinearly upsampled (smooth,
+    image-like inputs for the adapter tests)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.interpolate(torch.rand(n, 3, size // 4, size // 4, generator=g), size=(size, size),
+                                           mode="bilinear", align_corners=False)
+
+
 def check_grid_vq_roundtrip(tok, x: torch.Tensor, *, codebook_size: int, grid: tuple[int, int]):
     """encode -> decode on ``x`` for a VQ adapter with a (h, w) code grid: kind, layout, dtype, range, bits,
     token count, output range and determinism. Returns (tokens, decoded)."""

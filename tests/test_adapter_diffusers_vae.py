@@ -17,6 +17,7 @@ from vtbench.config import get_card
 from vtbench.tokenizers import build_tokenizer, list_tokenizers
 from vtbench.tokenizers.diffusers_vae import DiffusersVAETokenizer, import_autoencoder_kl
 from vtbench.tokenizers.weights import MissingWeightsError, resolve_weights
+from adapter_checks import smooth_images as _images
 
 VARIANTS = ["flux", "sd-ft-ema", "sd35", "sdxl"]
 SIZE = 32
@@ -29,12 +30,6 @@ def _tiny_vae(latent_channels=4, quant_conv=True, seed=0):
         block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=latent_channels,
         norm_num_groups=32, sample_size=SIZE, use_quant_conv=quant_conv, use_post_quant_conv=quant_conv).eval()
-
-
-def _images(n=2, size=SIZE, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(n, 3, size // 4, size // 4, generator=g)
-    return torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def test_cards():

@@ -23,6 +23,7 @@ from vtbench.tokenizers.gigatok import (
 )
 from vtbench.tokenizers.official import check_manifest, load_manifest, manifest_checkpoint
 from vtbench.tokenizers.weights import WeightsMismatchError
+from adapter_checks import smooth_images as _images
 
 VARIANTS = ["s-s", "s-b", "b-l", "b-l-dino", "xl-xxl"]
 # parameter counts in the README table (tokenizer, including the training-only distillation head)
@@ -83,12 +84,6 @@ def _official_file(tmp_path, params=SMALL, seed=0, name="VQ_small.pt", mutate=No
     path = tmp_path / name
     torch.save(ckpt, path)
     return path, ref
-
-
-def _images(n=2, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.interpolate(torch.rand(n, 3, size // 4, size // 4, generator=g), size=(size, size),
-                                           mode="bilinear", align_corners=False)
 
 
 @pytest.fixture(scope="module")

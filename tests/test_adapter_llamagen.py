@@ -24,6 +24,7 @@ from vtbench.tokenizers.official import check_manifest, load_manifest, manifest_
 from vtbench.tokenizers.weights import WeightsMismatchError
 
 from adapter_checks import check_grid_vq_roundtrip, perturbed, scaled_card
+from adapter_checks import smooth_images as images
 
 VARIANTS = ["llamagen.vq16", "llamagen.vq8", "llamagen.vq16-t2i"]
 # a scaled-down config: 2 levels (downsampling 2), attention at level 1 and in the middle
@@ -68,12 +69,6 @@ def save_training_checkpoint(path, model, *, ema=None):
         ckpt["ema"] = to_official(ema.state_dict(), n_levels)
     torch.save(ckpt, path)
     return path
-
-
-def images(n=2, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return F.interpolate(torch.rand(n, 3, size // 4, size // 4, generator=g), size=(size, size), mode="bilinear",
-                         align_corners=False)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from vtbench.tokenizers.official import check_manifest, load_manifest, manifest_
 from vtbench.tokenizers.quantizers import nearest_code_full
 from vtbench.tokenizers.rqvae import RQVAETokenizer
 from vtbench.tokenizers.weights import WeightsMismatchError
+from adapter_checks import smooth_images as _images
 
 NAME = "rqvae.in-8x8x4"
 SMALL = dict(ch=32, ch_mult=[1, 1, 2], num_res_blocks=1, attn_resolutions=[8], resolution=32, in_channels=3, out_ch=3,
@@ -59,12 +60,6 @@ def save_official(path: Path, params: dict, seed: int = 0, state_edit=None) -> P
                           "after": {"T_max": 1000, "eta_min": 4e-5, "last_epoch": 0}}}
     torch.save(ckpt, path)
     return path
-
-
-def _images(n=2, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.interpolate(torch.rand(n, 3, size // 4, size // 4, generator=g), size=(size, size),
-                                           mode="bilinear", align_corners=False)
 
 
 @pytest.mark.parametrize("shared", [True, False])

@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import vtbench.config
 from vtbench.config import get_card
@@ -23,6 +22,7 @@ from vtbench.tokenizers.taming import TamingVQGAN
 from vtbench.tokenizers.weights import WeightsMismatchError
 
 from adapter_checks import check_grid_vq_roundtrip, perturbed, scaled_card
+from adapter_checks import smooth_images as images
 
 VARIANTS = ["taming.f16-1024", "taming.f16-16384"]
 # scaled-down ddconfig: 2 levels (downsampling 2), attention at side 8 of a 16-pixel training resolution
@@ -70,12 +70,6 @@ def lightning_checkpoint(model) -> dict:
             "checkpoint_callback": FakeModelCheckpoint("val/rec_loss"),
             "optimizer_states": [{"state": {}, "param_groups": [{"lr": 4.5e-6}]}] * 2, "lr_schedulers": [],
             "state_dict": state}
-
-
-def images(n=2, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return F.interpolate(torch.rand(n, 3, size // 4, size // 4, generator=g), size=(size, size), mode="bilinear",
-                         align_corners=False)
 
 
 @pytest.fixture
