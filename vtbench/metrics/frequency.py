@@ -176,6 +176,10 @@ def _band_power_of_luma(y: torch.Tensor, bands: Bands, window: str) -> torch.Ten
     """Band powers ``(N, B)`` of luma images ``(N, H, W)`` float64 (see the module docstring)."""
     n, h, w = y.shape
     win, matrix = _spectral_weights(h, w, tuple(_check_bands(bands)), window, str(y.device))
+    # Subtract one pixel first: a flat image becomes exactly 0, so its band powers are exactly 0 (the weighted
+    # mean of a constant is not always that constant in floating point, which left ~1e-60 powers and turned the
+    # undefined x/0 ratio into a huge finite one). Mathematically a no-op: the window-weighted mean is removed next.
+    y = y - y[:, :1, :1]
     mu = (y.reshape(n, -1) @ win.reshape(-1)) / win.sum()          # window-weighted mean per image
     z = (y - mu[:, None, None]).mul_(win)
     spec = torch.view_as_real(torch.fft.rfft2(z))                   # (N, H, W//2+1, 2): a real signal's half-plane
