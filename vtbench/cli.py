@@ -109,9 +109,8 @@ def run(
         _fail(str(exc), 2)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
-    from vtbench.results import slug, RESULT_FILE
-    summaries = [_run_summary(r, out / slug(r["dataset"]["id"]) / slug(r["tokenizer"]["name"]) / RESULT_FILE)
-                 for r in records]
+    from vtbench.results import RESULT_FILE, run_dir
+    summaries = [_run_summary(r, run_dir(out, r["dataset"], r["tokenizer"]["name"]) / RESULT_FILE) for r in records]
     page = summary_html(out)
     if as_json:
         obj = summaries[0] if len(summaries) == 1 else {"runs": summaries}
@@ -393,6 +392,37 @@ def data_convert_tokbench(
     typer.echo(f"{out}: {stats['images']} images, {stats['words']} words ({stats['polygons']} from polygons)")
 
 
+weights_app = typer.Typer(help="Checkpoint helpers (convert a trusted pickle to safetensors once).")
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("convert")
+def weights_convert(
+    src: Path = typer.Argument(..., help="Checkpoint to convert (.pt, .pth, .ckpt, .bin)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="safetensors file to write (default: beside SRC, "
+                                       "<stem>.safetensors, where $VTBENCH_WEIGHTS and --weights DIR find it first)."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Unpickle SRC with its own code (runs "
+                                          "arbitrary code: only for a file whose origin you trust)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Write every tensor of a checkpoint to safetensors, so a file trusted once loads safely from then on.
+
+    Without --trust-checkpoint the file is read weights-only or by the inert reader (nothing in it runs)."""
+    from vtbench.tokenizers.weights import UntrustedCheckpointError, WeightsMismatchError, convert_to_safetensors
+    dst = out or src.with_name(src.stem + ".safetensors")
+    if not src.is_file():
+        _fail(f"{src}: no such file", 2)
+    try:
+        summary = convert_to_safetensors(src, dst, trust=trust_checkpoint)
+    except (UntrustedCheckpointError, WeightsMismatchError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(f"{dst}: {summary['tensors']} tensors ({summary['skipped_non_tensor']} non-tensor entries not "
+                   f"carried), read {summary['load_mode']}; source sha256 {summary['source_sha256']}")
+
+
 leaderboard_app = typer.Typer(help="The static leaderboard site built from result records.")
 app.add_typer(leaderboard_app, name="leaderboard")
 
@@ -460,11 +490,11 @@ def probe(
         _fail(str(exc))
     if record is None:  # a torchrun rank other than 0
         return
-    from vtbench.results import RESULT_FILE, slug
+    from vtbench.results import RESULT_FILE, run_dir
     from vtbench.gfid import metric_key
     from vtbench.probe.run import result_dir
-    path = result_dir(out / slug(record["dataset"]["id"]) / slug(record["tokenizer"]["name"])
-                      / f"probe-{slug(record['run']['size'])}", cfg.resize) / RESULT_FILE
+    path = result_dir(run_dir(out, record["dataset"], record["tokenizer"]["name"], f"probe-{record['run']['size']}"),
+                      cfg.resize) / RESULT_FILE
     summary = {**_run_summary(record, path), "size": record["run"]["size"], "steps": record["probe"]["train"]["steps"],
                "cfg_scale": record["probe"]["sampling"]["cfg_scale"],
                "n_samples": record["metrics"][metric_key("gfid", cfg.resize)]["n"]}

@@ -79,7 +79,7 @@ from vtbench.metrics.frechet import FeatureStats, GaussianStats, frechet_distanc
 from vtbench.metrics.generation import IS_SPLIT_SIZE, NEAREST_K, PR_BLOCK_SIZE, GenerationState, precision_recall
 from vtbench.metrics.inception import (FEATURE_DIM, SPATIAL_DIM, SPATIAL_ID, InceptionExtractor, check_resize_mode,
                                        load_inception)
-from vtbench.results import RESULT_FILE, environment, new_record, slug, write_json_atomic, write_npz_atomic
+from vtbench.results import RESULT_FILE, environment, new_record, run_dir, write_json_atomic, write_npz_atomic
 
 log = logging.getLogger("vtbench")
 
@@ -903,12 +903,12 @@ def score_samples(samples: Iterable[torch.Tensor], reference: Reference, *, devi
 # -------------------------------------------------------------------------------------------------- the run
 
 
-def result_path(out: str | os.PathLike, reference_id: str, name: str, resize: str = "clean") -> Path:
-    """``<out>/<slug(reference id)>/<slug(name)>/generation/result.json`` (a subfolder, so a ``vtbench run`` of a
+def result_path(out: str | os.PathLike, reference: Any, name: str, resize: str = "clean") -> Path:
+    """``results.run_dir(out, reference, name, "generation")/result.json`` (a subfolder, so a ``vtbench run`` of a
     tokenizer of the same name on the same data keeps its own ``result.json``); ``generation-adm/`` for the ADM
-    resize, whose values are other numbers."""
+    resize, whose values are other numbers. ``reference``: its description (``id`` and ``root``/``path``)."""
     folder = "generation" + RESIZE_SUFFIX[check_resize_mode(resize)].replace("@", "-")
-    return Path(out) / slug(reference_id) / slug(name) / folder / RESULT_FILE
+    return run_dir(out, reference, name, folder) / RESULT_FILE
 
 
 def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: str | os.PathLike = "results",
@@ -988,7 +988,7 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
              "trust_checkpoint": bool(trust_checkpoint), "allow_size_mismatch": bool(allow_size_mismatch),
              "size_warning": size_warning, "reference_spec": str(ref_spec), "samples_spec": str(samples_spec)},
     )
-    write_json_atomic(result_path(out, reference.id, name, resize), record)
+    write_json_atomic(result_path(out, {**reference.description, "id": reference.id}, name, resize), record)
     return record
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 
 # vtbench is installed editable from its repository; cards, protocols and data live beside the package.
@@ -19,4 +21,59 @@ def cache_dir() -> Path:
     )
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# -- names of files vtbench writes -------------------------------------------------------------------------
+# Sample ids, dataset and tokenizer names come from data and result files: they can hold '../', absolute paths,
+# spaces and control characters. Every name vtbench writes goes through ``safe_name``; every path is checked by
+# ``join_under`` to stay below its root.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SAFE_EXT = re.compile(r"\.[A-Za-z0-9]{1,10}")
+
+
+def safe_name(text: str, max_len: int = 120) -> str:
+    """A file-system-safe single path component for ``text``; injective (different texts, different names).
+
+    Names of letters, digits, ``.``, ``_`` and ``-`` (not starting with ``.``/``_``/``-``, no ``..``, at most
+    ``max_len``) are kept as they are. Any other name is sanitised and tagged with ``~`` and 8 hex digits of
+    its sha1, before its extension (``a b.png`` -> ``a_b~1a2b3c4d.png``); ``~`` never occurs in a kept name, so a
+    tagged name cannot collide with a kept one, and two tagged names differ in their hash.
+    """
+    text = str(text)
+    if _SAFE_NAME.fullmatch(text) and ".." not in text and len(text) <= max_len:
+        return text
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    stem, ext = os.path.splitext(text)
+    if not _SAFE_EXT.fullmatch(ext) or not stem:
+        stem, ext = text, ""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-").replace("..", "_")[: max(8, max_len - 20)]
+    return f"{base or 'unnamed'}~{digest}{ext}"
+
+
+def safe_relpath(sample_id: str) -> Path:
+    """A relative path for a sample id (``a/b.png`` stays ``a/b.png``): every component through ``safe_name``;
+    empty and ``.`` components dropped, ``..`` and absolute roots become tagged names, never parent steps."""
+    parts = [p for p in re.split(r"[/\\]+", str(sample_id)) if p not in ("", ".")]
+    return Path(*[safe_name(p) for p in parts]) if parts else Path(safe_name(str(sample_id)))
+
+
+def png_relpath(sample_id: str) -> Path:
+    """Where a sample's PNG (a reconstruction) goes: ``safe_relpath`` with ``.png`` kept, or ``~.png`` appended
+    to other names (``x.jpg`` -> ``x.jpg~.png``), so ``x.png``, ``x.jpg`` and ``x`` never share a file."""
+    rel = safe_relpath(sample_id)
+    return rel if rel.name.endswith(".png") else rel.with_name(rel.name + "~.png")
+
+
+class UnsafePathError(ValueError):
+    """A path built from outside input would leave its root."""
+
+
+def join_under(root: str | Path, *parts: str | Path) -> Path:
+    """``root / parts`` after checking that the result (symlinks resolved) stays inside ``root``."""
+    root = Path(root)
+    path = root.joinpath(*parts)
+    base, full = os.path.realpath(root), os.path.realpath(path)
+    if os.path.commonpath([base, full]) != base:
+        raise UnsafePathError(f"{path} would be written outside {root}; refusing (a hostile sample or dataset name?)")
     return path

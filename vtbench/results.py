@@ -2,15 +2,19 @@
 
 Layout of a results directory::
 
-    OUT/<dataset-slug>/<tokenizer>/result.json    # RunResult (schema_version, provenance, metric values)
-    OUT/<dataset-slug>/<tokenizer>/samples.csv    # one row per image: id and per-image metric values
-    OUT/<dataset-slug>/<tokenizer>/progress.pt    # only while a run is incomplete (resume state)
+    OUT/<dataset>/<tokenizer>/result.json    # RunResult (schema_version, provenance, metric values)
+    OUT/<dataset>/<tokenizer>/samples.csv    # one row per image: id and per-image metric values
+    OUT/<dataset>/<tokenizer>/progress.pt    # only while a run is incomplete (resume state)
+
+``<dataset>`` is ``dataset_dirname``: the embedded data's name, or a user dataset's name plus 8 hex digits of
+its resolved location (two folders named ``val`` never share results); every folder is built by ``run_dir``.
 
 ``load(DIR)`` reads every result.json below DIR into a tidy pandas DataFrame.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -23,7 +27,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from vtbench import __version__
-from vtbench.paths import REPO_ROOT
+from vtbench.paths import REPO_ROOT, join_under, safe_name
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
@@ -34,6 +38,25 @@ def slug(text: str) -> str:
     """A file-system-safe name for a dataset or tokenizer."""
     s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
     return s[:120] or "unnamed"
+
+
+def dataset_dirname(dataset: Any) -> str:
+    """The results folder of a dataset (a ``DatasetInfo``, or a record's ``dataset`` mapping with ``id`` and,
+    for user data, ``kind`` and ``root``): ``embedded-photos`` for the embedded sets; for folders, parquet files
+    and reference batches the sanitised name plus 8 hex digits of the resolved location."""
+    get = dataset.get if isinstance(dataset, dict) else (lambda k, d=None: getattr(dataset, k, d))
+    ident = str(get("id", "") or "unnamed")
+    kind, root = get("kind"), get("root") or get("path") or get("reference_file")
+    if kind == "embedded" or not root:
+        return safe_name(ident.replace("/", "-"))
+    where = hashlib.sha1(os.path.realpath(str(root)).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{safe_name(ident)}-{where}"
+
+
+def run_dir(out: str | os.PathLike, dataset: Any, tokenizer: str, *sub: str) -> Path:
+    """The one place a result folder is decided: ``OUT/<dataset_dirname>/<tokenizer>/<sub...>``, every part
+    through ``safe_name`` and the whole checked to stay inside ``out``."""
+    return join_under(out, dataset_dirname(dataset), safe_name(tokenizer), *(safe_name(s) for s in sub))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

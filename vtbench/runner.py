@@ -31,7 +31,8 @@ from vtbench.data.policies import get_policy
 from vtbench.metrics import METRICS, Batch, Metric, MetricUnavailable, MetricValue
 from vtbench.hashing import sha256sum
 from vtbench.metrics.base import metric_for_output
-from vtbench.results import (RESULT_FILE, SAMPLES_FILE, environment, new_record, read_record, slug,
+from vtbench.paths import join_under, png_relpath, safe_name
+from vtbench.results import (RESULT_FILE, SAMPLES_FILE, environment, new_record, read_record, run_dir,
                              write_json_atomic, write_text_atomic)
 from vtbench.tokenizers import Tokenizer, UnsupportedResolutionError, build_tokenizer
 
@@ -208,7 +209,7 @@ class TokenizerRun:
         self.tok, self.ds, self.cfg, self.protocol = tokenizer, dataset, cfg, protocol
         self.metric_names, self.device = metric_names, device
         self.policy = dataset.policy.bind(self._accepts)
-        self.dir = Path(cfg.out) / slug(dataset.info.id) / slug(tokenizer.name)
+        self.dir = run_dir(cfg.out, dataset.info, tokenizer.name)
         words = [dataset.info.extra["annotations"]] if dataset.info.extra.get("annotations") else []
         self.fingerprint = fingerprint(
             tokenizer.name, tokenizer.weights_sha256, dataset.info.id, dataset.info.revision,
@@ -319,7 +320,7 @@ class TokenizerRun:
         for i, sid in enumerate(ids):
             if sid in self.thumb_ids:
                 for kind, img in (("orig", orig[i]), ("recon", recon[i])):
-                    path = self.dir / THUMBS_DIR / f"{slug(sid)}.{kind}.png"
+                    path = join_under(self.dir, THUMBS_DIR, f"{safe_name(sid)}.{kind}.png")
                     path.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(img.permute(1, 2, 0).cpu().numpy(), "RGB").save(path)
 
@@ -345,15 +346,15 @@ class TokenizerRun:
     def _thumbnails(self) -> list[dict[str, str]]:
         out = []
         for sid in sorted(self.thumb_ids):
-            rel = {k: f"{THUMBS_DIR}/{slug(sid)}.{k}.png" for k in ("orig", "recon")}
+            rel = {k: f"{THUMBS_DIR}/{safe_name(sid)}.{k}.png" for k in ("orig", "recon")}
             if all((self.dir / p).is_file() for p in rel.values()):
                 out.append({"id": sid, "original": rel["orig"], "reconstruction": rel["recon"]})
         return out
 
     def _save_pngs(self, ids: list[str], recon: torch.Tensor) -> None:
-        root = Path(self.cfg.save_reconstructions) / slug(self.tok.name)
+        root = join_under(self.cfg.save_reconstructions, safe_name(self.tok.name))
         for sid, img in zip(ids, recon):
-            path = (root / sid).with_suffix(".png")
+            path = join_under(root, png_relpath(sid))  # sanitised, kept inside root, x.png/x.jpg never collide
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img.permute(1, 2, 0).cpu().numpy(), "RGB").save(path)
 

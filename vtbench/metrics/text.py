@@ -109,10 +109,10 @@ class _ReferenceCache:
     """Engine outputs on the originals, kept per (dataset selection + preprocessing, engine) on disk."""
 
     def __init__(self, kind: str, reference_key: str, engine: Any):
-        from vtbench.paths import cache_dir
+        from vtbench.paths import cache_dir, join_under, safe_name
         prov = json.dumps(engine.provenance(), sort_keys=True, default=str)
         key = f"{kind}-{reference_key}-{hashlib.sha256(prov.encode()).hexdigest()[:16]}" if reference_key else None
-        self.path = cache_dir() / "ocr" / f"{key}.json" if key else None
+        self.path = join_under(cache_dir(), "ocr", safe_name(f"{key}.json")) if key else None
         self.data: dict[str, Any] = {}
         self.dirty = False
         if self.path is not None and self.path.is_file():

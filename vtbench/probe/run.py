@@ -30,7 +30,7 @@ from vtbench.probe.sample import SamplingSettings, sample_batches, sample_plan, 
 from vtbench.probe.settings import ProbeConfig, model_config, sampling_settings, size_table, train_settings
 from vtbench.probe.tokens import TokenSet, check_has_codes, split_by_id, tokenise
 from vtbench.probe.train import CHECKPOINT_FILE, barrier, dist_context, fingerprint, train_prior, validation_ce
-from vtbench.results import (RESULT_FILE, environment, new_record, read_record, slug, write_json_atomic,
+from vtbench.results import (RESULT_FILE, environment, new_record, read_record, run_dir, write_json_atomic,
                              write_npz_atomic)
 
 log = logging.getLogger("vtbench")
@@ -147,7 +147,7 @@ class _ProbeRun:
         self.policy = get_policy(protocol.get("preprocessing.policy", "adm-center-crop"), self.res)
         self.ds = open_dataset(cfg.data or protocol.get("default_data", "embedded/photos"), self.policy,
                                limit=cfg.limit, seed=cfg.seed)
-        self.dir = Path(cfg.out) / slug(self.ds.info.id) / slug(self.tok.name) / f"probe-{slug(self.size)}"
+        self.dir = run_dir(cfg.out, self.ds.info, self.tok.name, f"probe-{self.size}")
         self.out_dir = result_dir(self.dir, cfg.resize)  # samples, tokens and result of this scoring
         self.timings: dict[str, float] = {}
 

@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -53,7 +54,7 @@ def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None,
     if explicit is not None:
         p = Path(explicit).expanduser()
         if p.is_dir():
-            p = p / file_name
+            p = converted_copy(p / file_name) or p / file_name
         if not p.is_file():
             raise MissingWeightsError(f"{name}: --weights {explicit} does not exist (expected the file {file_name})")
         return p
@@ -65,8 +66,9 @@ def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None,
     wdir = os.environ.get("VTBENCH_WEIGHTS")
     if wdir:
         for cand in (Path(wdir) / file_name, Path(wdir) / (spec.get("hub_filename") or file_name)):
-            if cand.is_file():
-                return cand
+            found = converted_copy(cand) or (cand if cand.is_file() else None)
+            if found:
+                return found
     if spec.get("hub_repo") and allow_hub and _hub_allowed():
         try:
             from huggingface_hub import hf_hub_download
@@ -85,6 +87,14 @@ def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None,
         f"  source: {where}\n  sha256: {sha}\n"
         f"  fix: download it and place it at {target}, or pass --weights /path/to/{file_name}"
     )
+
+
+def converted_copy(path: Path) -> Path | None:
+    """``<stem>.safetensors`` beside ``path`` (what ``vtbench weights convert`` writes), preferred to the pickle."""
+    if path.suffix == ".safetensors":
+        return None
+    cand = path.with_name(path.stem + ".safetensors")
+    return cand if cand.is_file() else None
 
 
 def local_weights(spec: Mapping[str, Any] | None) -> Path | None:
@@ -157,82 +167,29 @@ log = logging.getLogger(__name__)
 # them runs no user code, so weights-only loading accepts them.
 SAFE_EXTRA_GLOBALS: tuple[Any, ...] = (argparse.Namespace,)
 
-
-class _Inert:
-    """Stand-in for a class or function a checkpoint names but vtbench does not trust.
-
-    Calling, instantiating, ``__setstate__``, item assignment and appends only record their arguments;
-    no code of the named object runs (it is never imported).
-    """
-
-    _vtbench_global = "?"
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        self.args, self.kwargs, self.state, self.items = args, kwargs, None, {}
-
-    def __new__(cls, *args: Any, **kwargs: Any):  # NEWOBJ passes the arguments here too
-        return object.__new__(cls)
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __call__(self, *args: Any, **kwargs: Any) -> "_Inert":  # e.g. getattr(cls, name)(...) in a reduce
-        out = type(self)()
-        out.args, out.kwargs = args, kwargs
-        return out
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.items[key] = value
-
-    def append(self, value: Any) -> None:
-        self.items[len(self.items)] = value
-
-    def extend(self, values: Iterable[Any]) -> None:
-        for v in values:
-            self.append(v)
-
-    def __repr__(self) -> str:
-        return f"<inert {self._vtbench_global}>"
-
-
-class _InertPickle:
-    """A ``pickle_module`` for ``torch.load`` whose unpickler builds only torch's weights-only allow-list
-    (tensors, storages, dtypes, containers) plus ``SAFE_EXTRA_GLOBALS``; every other global becomes an inert
-    placeholder, recorded in ``stubbed``."""
-
-    def __init__(self) -> None:
-        from torch._weights_only_unpickler import _get_allowed_globals
-        allowed = dict(_get_allowed_globals())
-        for obj in SAFE_EXTRA_GLOBALS:
-            allowed[f"{obj.__module__}.{obj.__qualname__}"] = obj
-        stubbed: set[str] = set()
-        stubs: dict[str, type] = {}
-        self.stubbed = stubbed
-        self.load = pickle.load
-        self.__name__ = "vtbench_inert_pickle"
-
-        class Unpickler(pickle.Unpickler):
-            def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
-                key = f"{module}.{name}"
-                if key in allowed:
-                    return allowed[key]
-                if module.startswith("torch") and "Storage" in name:  # legacy storages are handled by torch
-                    return super().find_class(module, name)
-                stubbed.add(key)
-                if key not in stubs:
-                    stubs[key] = type(f"Inert[{key}]", (_Inert,), {"_vtbench_global": key})
-                return stubs[key]
-
-        self.Unpickler = Unpickler
+TRUST_WARNING = ("--trust-checkpoint runs arbitrary code from the file (pickle executes what it names): use it only "
+                 "for a file whose origin you trust, then `vtbench weights convert FILE --trust-checkpoint` once "
+                 "and load the safetensors copy safely from then on")
 
 
 @dataclass
 class LoadedCheckpoint:
-    """What ``load_official_checkpoint`` found: the raw object plus how it was read."""
+    """What ``load_official_checkpoint`` found: the raw object plus how it was read (recorded in provenance)."""
 
     obj: Any
     mode: str  # "safetensors" | "weights_only" | "inert" | "trusted"
-    stubbed_globals: list[str] = field(default_factory=list)
+    stubbed_globals: list[str] = field(default_factory=list)  # every placeholder of an inert read
+    converted_from: dict[str, str] | None = None  # a `vtbench weights convert` copy: the original's sha256 etc.
+
+    def info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"load_mode": self.mode, "stubbed_globals": list(self.stubbed_globals)}
+        if self.mode == "inert":
+            out["reader"] = "vtbench inert zip reader (exact allowlist; placeholders never imported or run)"
+        if self.mode == "trusted":
+            out["warning"] = "unpickled with --trust-checkpoint: the file's pickled code was allowed to run"
+        if self.converted_from:
+            out["converted_from"] = dict(self.converted_from)
+        return out
 
 
 def load_checkpoint(path: str | Path, *, trust: bool = False, inert: bool = False) -> Any:
@@ -245,50 +202,134 @@ def load_checkpoint(path: str | Path, *, trust: bool = False, inert: bool = Fals
     return load_official_checkpoint(path, trust=trust, inert=inert).obj
 
 
+def _refused(path: Path, rule: str, detail: str) -> UntrustedCheckpointError:
+    err = UntrustedCheckpointError(f"{path}: refused by rule '{rule}': {detail}. Nothing from the file was run. "
+                                   f"{TRUST_WARNING}.")
+    err.rule = rule  # type: ignore[attr-defined]
+    return err
+
+
 def load_official_checkpoint(path: str | Path, *, trust: bool = False, inert: bool = True) -> LoadedCheckpoint:
     """Read an official checkpoint without running code from it.
 
-    Order: safetensors; ``torch.load(weights_only=True)`` with ``SAFE_EXTRA_GLOBALS`` allowed (argparse
-    training arguments); then, for files that also pickle objects of their training framework (Lightning
-    callbacks, loss modules, configs), the inert loader when ``inert`` is true: tensors and plain containers
-    are rebuilt, every other global is replaced by a placeholder that never imports or runs it, and the names
-    are listed in ``stubbed_globals``. ``trust=True`` is the only way to run the file's own unpickling.
+    Order:
+
+    1. ``.safetensors``: tensors only by construction (a ``vtbench weights convert`` copy is un-flattened back
+       into its wrapper dicts and says which file it came from).
+    2. ``torch.load(weights_only=True)`` with ``SAFE_EXTRA_GLOBALS`` (argparse training arguments): torch's own
+       restricted unpickler, for zip and legacy files alike.
+    3. Zip files that also pickle objects of their training framework (Lightning callbacks, loss modules,
+       configs), when ``inert``: vtbench's inert reader (``safe_pickle.read_zip_inert``), which never resolves a
+       name outside its exact allowlist; every placeholder is listed in ``stubbed_globals``. Legacy (non-zip)
+       files that need more than weights-only loading are refused: torch's legacy loader unpickles its
+       headers through the pickle module it is given, and no reader of ours parses that format.
+    4. ``trust=True`` is the only way to run the file's own unpickling.
+
+    Refusals raise ``UntrustedCheckpointError`` whose ``rule`` names the check that refused the file.
     """
+    from vtbench.tokenizers.safe_pickle import RefusedCheckpoint, read_zip_inert
+
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return LoadedCheckpoint(load_file(str(path)), "safetensors")
+        return _load_safetensors(path)
     try:
         with torch.serialization.safe_globals(list(SAFE_EXTRA_GLOBALS)):
             return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=True), "weights_only")
     except pickle.UnpicklingError as exc:
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
         reason = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
-        if trust:
-            return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=False), "trusted")
-        if inert:
-            mod = _InertPickle()
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=mod)
-            except Exception as exc2:  # the placeholders could not stand in: say so, do not fall back
-                raise UntrustedCheckpointError(
-                    f"{path}: the checkpoint pickles Python objects ({reason[:200]}) and could "
-                    f"not be read with inert placeholders ({type(exc2).__name__}: {exc2}). Only if you trust the "
-                    f"file's origin, pass --trust-checkpoint."
-                ) from None
-            stubbed = sorted(mod.stubbed)
-            if stubbed:
-                log.info("%s: read without running pickled code; inert placeholders for %s", path.name, ", ".join(stubbed))
-            return LoadedCheckpoint(obj, "inert", stubbed)
-        if not trust:
-            raise UntrustedCheckpointError(
-                f"{path}: this checkpoint holds pickled Python objects that weights_only loading refuses "
-                f"({reason[:200]}). Only if you trust the file's origin, pass "
-                f"--trust-checkpoint (or trust=True) to unpickle it."
-            ) from None
-        return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=False), "trusted")  # pragma: no cover
-    except RuntimeError as exc:
-        raise WeightsMismatchError(f"{path}: not a readable PyTorch checkpoint ({exc}); re-download it") from None
+    except Exception as exc:  # noqa: BLE001 - torn, truncated or foreign files
+        raise WeightsMismatchError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                                   f"{str(exc)[:300]}); re-download it") from None
+    if trust:
+        log.warning("%s: unpickling with --trust-checkpoint; the file's pickled code may run", path)
+        return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=False), "trusted")
+    if not inert:
+        raise _refused(path, "weights-only", f"the file pickles Python objects that weights-only loading refuses "
+                                             f"({reason[:200]})")
+    if not zipfile.is_zipfile(path):
+        raise _refused(path, "legacy-format", f"a legacy (non-zip) pickle that needs more than weights-only loading "
+                                              f"({reason[:200]}); legacy files are never read inertly")
+    try:
+        res = read_zip_inert(str(path))
+    except RefusedCheckpoint as exc:
+        raise _refused(path, exc.rule, exc.detail) from None
+    if res.stubbed:
+        log.info("%s: read without running pickled code; inert placeholders for %s", path.name, ", ".join(res.stubbed))
+    return LoadedCheckpoint(res.obj, "inert", res.stubbed)
+
+
+# `vtbench weights convert` stores wrapper dicts as "/"-joined key paths and marks the file with this metadata.
+CONVERT_FORMAT = "vtbench-convert-1"
+
+
+def _load_safetensors(path: Path) -> LoadedCheckpoint:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    flat = load_file(str(path))
+    if meta.get("format") != CONVERT_FORMAT:
+        return LoadedCheckpoint(flat, "safetensors")
+    nested: dict[str, Any] = {}
+    for key, t in flat.items():
+        *wrappers, name = key.split("/")
+        cur = nested
+        for w in wrappers:
+            cur = cur.setdefault(w, {})
+        cur[name] = t
+    origin = {k[len("source_"):]: v for k, v in meta.items() if k.startswith("source_")}
+    return LoadedCheckpoint(nested, "safetensors", converted_from=origin or None)
+
+
+def convert_to_safetensors(src: str | Path, dst: str | Path, *, trust: bool = False) -> dict[str, Any]:
+    """Write every tensor of checkpoint ``src`` to ``dst`` (safetensors), keeping its wrapper dicts as ``/`` key
+    paths, so a file trusted once (``trust=True`` unpickles it) loads without unpickling from then on.
+
+    Non-tensor entries (optimiser counters, configs, placeholders) are not carried and are counted. Returns a
+    summary (tensors, skipped, load mode, source sha256).
+    """
+    from safetensors.torch import save_file
+
+    from vtbench.hashing import sha256sum
+
+    src, dst = Path(src), Path(dst)
+    loaded = load_official_checkpoint(src, trust=trust, inert=True)
+    flat: dict[str, torch.Tensor] = {}
+    skipped = 0
+    seen: set[int] = set()
+
+    def walk(obj: Any, keys: tuple[str, ...]) -> None:
+        nonlocal skipped
+        if isinstance(obj, torch.Tensor) and obj.device.type != "meta" and keys:
+            t = obj.detach().cpu()
+            if t.untyped_storage().data_ptr() in seen or not t.is_contiguous():  # shared or strided: own copy
+                t = t.clone(memory_format=torch.contiguous_format)
+            seen.add(t.untyped_storage().data_ptr())
+            flat["/".join(keys)] = t
+        elif isinstance(obj, Mapping):
+            for k, v in obj.items():
+                if isinstance(k, str) and k and "/" not in k:
+                    walk(v, keys + (k,))
+                else:
+                    skipped += 1
+        else:
+            skipped += 1
+
+    walk(loaded.obj, ())
+    if not flat:
+        raise WeightsMismatchError(f"{src}: no tensors found to convert")
+    meta = {"format": CONVERT_FORMAT, "source_file": src.name, "source_sha256": sha256sum(src),
+            "source_load_mode": loaded.mode}
+    if loaded.stubbed_globals:
+        meta["source_stubbed_globals"] = ",".join(loaded.stubbed_globals)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    save_file(flat, str(tmp), metadata=meta)
+    tmp.replace(dst)
+    return {"tensors": len(flat), "skipped_non_tensor": skipped, "load_mode": loaded.mode,
+            "source_sha256": meta["source_sha256"], "output": str(dst)}
 
 
 def unwrap_state_dict(obj: Any, keys: tuple[str, ...] = ("ema", "model", "state_dict", "module")) -> dict[str, torch.Tensor]:
