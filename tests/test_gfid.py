@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,9 +231,9 @@ def test_cli_gfid_token_file_end_to_end(tmp_path, extractor, folder_reference, m
     assert r.exit_code == 0, r.output
     assert trusts == [True]  # --trust-checkpoint reaches build_tokenizer(trust=...), as in vtbench run
     summary = json.loads(r.stdout)
-    path = result_path(out, folder_reference.id, "tiny.vq")
-    assert summary["result"] == str(path) and path.is_file()
-    rec = json.loads(path.read_text())
+    rec = json.loads(Path(summary["result"]).read_text())
+    path = result_path(out, rec["dataset"], "tiny.vq")
+    assert summary["result"] == str(path) and path.is_file() and path.is_relative_to(out)
     assert rec["protocol"] == {"name": "generation", "version": "1.0", "task": "generation"}
     assert rec["tokenizer"]["name"] == "tiny.vq" and rec["tokenizer"]["family"] == "tiny"
     assert rec["dataset"]["id"] == folder_reference.id and rec["dataset"]["n_reference"] == N_IMAGES

@@ -205,7 +205,7 @@ def gfid(
         _fail(exc.reason)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
-    path = result_path(out, rec["dataset"]["id"], rec["tokenizer"]["name"], rec["run"]["resize"])
+    path = result_path(out, rec["dataset"], rec["tokenizer"]["name"], rec["run"]["resize"])
     metrics = rec["metrics"]
     if as_json:
         typer.echo(json.dumps({"name": rec["tokenizer"]["name"], "reference": rec["dataset"]["id"],

@@ -977,7 +977,7 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
         tokenizer=tok_section,
         # n_requested / n_used count samples (leaderboards and compare read them); the reference's own count is
         # n_reference, its subset ref_limit (+ the dataset's selection)
-        dataset={**reference.description, "n_requested": limit, "n_used": state.n, "ref_limit": ref_limit},
+        dataset={"id": reference.id, **reference.description, "n_requested": limit, "n_used": state.n, "ref_limit": ref_limit},
         protocol={"name": protocol.name, "version": protocol.version, "task": protocol.task},
         metrics={k: v.to_dict() for k, v in values.items()},
         timings={"reference_s": t1 - t0, "samples_s": t2 - t1, "metrics_s": t3 - t2},
@@ -988,7 +988,7 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
              "trust_checkpoint": bool(trust_checkpoint), "allow_size_mismatch": bool(allow_size_mismatch),
              "size_warning": size_warning, "reference_spec": str(ref_spec), "samples_spec": str(samples_spec)},
     )
-    write_json_atomic(result_path(out, {**reference.description, "id": reference.id}, name, resize), record)
+    write_json_atomic(result_path(out, record["dataset"], name, resize), record)
     return record
 
 

@@ -44,6 +44,8 @@ def dataset_dirname(dataset: Any) -> str:
     """The results folder of a dataset (a ``DatasetInfo``, or a record's ``dataset`` mapping with ``id`` and,
     for user data, ``kind`` and ``root``): ``embedded-photos`` for the embedded sets; for folders, parquet files
     and reference batches the sanitised name plus 8 hex digits of the resolved location."""
+    if isinstance(dataset, str):
+        dataset = {"id": dataset}
     get = dataset.get if isinstance(dataset, dict) else (lambda k, d=None: getattr(dataset, k, d))
     ident = str(get("id", "") or "unnamed")
     kind, root = get("kind"), get("root") or get("path") or get("reference_file")

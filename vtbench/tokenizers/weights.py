@@ -231,7 +231,11 @@ def load_official_checkpoint(path: str | Path, *, trust: bool = False, inert: bo
 
     path = Path(path)
     if path.suffix == ".safetensors":
-        return _load_safetensors(path)
+        try:
+            return _load_safetensors(path)
+        except Exception as exc:  # noqa: BLE001 - a torn or mislabelled file
+            raise WeightsMismatchError(f"{path}: not a readable safetensors file ({type(exc).__name__}: "
+                                       f"{str(exc)[:200]}); re-download or re-convert it") from None
     try:
         with torch.serialization.safe_globals(list(SAFE_EXTRA_GLOBALS)):
             return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=True), "weights_only")
