@@ -51,8 +51,8 @@ def test_baseline_is_what_the_workflow_runs():
     # make_baseline.sh and the workflow run the same line; the baseline holds only what vtbench wrote
     assert _command((EXAMPLE / "make_baseline.sh").read_text(), "run") == _command(WORKFLOW.read_text(), "run")
     files = sorted(p.relative_to(BASELINE).as_posix() for p in BASELINE.rglob("*") if p.is_file())
-    assert files == ["embedded/tiny.vq/result.json", "embedded/tiny.vq/samples.csv"]
-    rec = json.loads((BASELINE / "embedded" / "tiny.vq" / "result.json").read_text())
+    assert files == ["embedded/tiny.vq/reconstruction/result.json", "embedded/tiny.vq/reconstruction/samples.csv"]
+    rec = json.loads((BASELINE / "embedded" / "tiny.vq" / "reconstruction" / "result.json").read_text())
     assert rec["tokenizer"]["weights_sha256"] == get_card("tiny.vq").weights["sha256"]  # the committed checkpoint
     assert rec["run"]["metrics_selected"] == ["psnr", "ssim", "compression"] and rec["dataset"]["n_used"] == 24
     assert os.access(EXAMPLE / "make_baseline.sh", os.X_OK)

@@ -110,7 +110,8 @@ def run(
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
     from vtbench.results import RESULT_FILE, run_dir
-    summaries = [_run_summary(r, run_dir(out, r["dataset"], r["tokenizer"]["name"]) / RESULT_FILE) for r in records]
+    summaries = [_run_summary(r, run_dir(out, r["dataset"], r["tokenizer"]["name"], r["protocol"]["name"]) / RESULT_FILE)
+                 for r in records]
     page = summary_html(out)
     if as_json:
         obj = summaries[0] if len(summaries) == 1 else {"runs": summaries}

@@ -355,6 +355,10 @@ def incomparable_reasons(base: Mapping[str, Any], new: Mapping[str, Any]) -> lis
         reasons.append(f"protocol differs: new {np_.get('name')}@{np_.get('version')}, "
                        f"baseline {bp.get('name')}@{bp.get('version')} "
                        "(regenerate the baseline under the new protocol)")
+    elif bp.get("settings_sha256") != np_.get("settings_sha256"):
+        reasons.append(f"protocol settings differ under the same version {np_.get('name')}@{np_.get('version')}: "
+                       f"new {np_.get('settings_sha256')}, baseline {bp.get('settings_sha256')} (a protocol file was "
+                       "edited without a version bump, or the baseline predates recorded settings; regenerate it)")
     bd, nd = base.get("dataset") or {}, new.get("dataset") or {}
     for key, label in (("revision", "dataset revision"), ("split", "split"),
                        ("selection", "subset selection (--limit/--seed)"), ("n_used", "images used")):

@@ -79,7 +79,8 @@ from vtbench.metrics.frechet import FeatureStats, GaussianStats, frechet_distanc
 from vtbench.metrics.generation import IS_SPLIT_SIZE, NEAREST_K, PR_BLOCK_SIZE, GenerationState, precision_recall
 from vtbench.metrics.inception import (FEATURE_DIM, SPATIAL_DIM, SPATIAL_ID, InceptionExtractor, check_resize_mode,
                                        load_inception)
-from vtbench.results import RESULT_FILE, environment, new_record, run_dir, write_json_atomic, write_npz_atomic
+from vtbench.results import (RESULT_FILE, environment, new_record, protocol_section, run_dir, write_json_atomic,
+                             write_npz_atomic)
 
 log = logging.getLogger("vtbench")
 
@@ -978,7 +979,7 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
         # n_requested / n_used count samples (leaderboards and compare read them); the reference's own count is
         # n_reference, its subset ref_limit (+ the dataset's selection)
         dataset={"id": reference.id, **reference.description, "n_requested": limit, "n_used": state.n, "ref_limit": ref_limit},
-        protocol={"name": protocol.name, "version": protocol.version, "task": protocol.task},
+        protocol=protocol_section(protocol),
         metrics={k: v.to_dict() for k, v in values.items()},
         timings={"reference_s": t1 - t0, "samples_s": t2 - t1, "metrics_s": t3 - t2},
         samples={**samples.provenance, "n_requested": limit, "n": state.n},

@@ -2,9 +2,9 @@
 
 Layout of a results directory::
 
-    OUT/<dataset>/<tokenizer>/result.json    # RunResult (schema_version, provenance, metric values)
-    OUT/<dataset>/<tokenizer>/samples.csv    # one row per image: id and per-image metric values
-    OUT/<dataset>/<tokenizer>/progress.pt    # only while a run is incomplete (resume state)
+    OUT/<dataset>/<tokenizer>/<task>/result.json    # RunResult (schema_version, provenance, metric values)
+    OUT/<dataset>/<tokenizer>/<task>/samples.csv    # one row per image: id and per-image metric values
+    OUT/<dataset>/<tokenizer>/<task>/progress.pt    # only while a run is incomplete (resume state)
 
 ``<dataset>`` is ``dataset_dirname``: the embedded data's name, or a user dataset's name plus 8 hex digits of
 its resolved location (two folders named ``val`` never share results); every folder is built by ``run_dir``.
@@ -55,10 +55,25 @@ def dataset_dirname(dataset: Any) -> str:
     return f"{safe_name(ident)}-{where}"
 
 
-def run_dir(out: str | os.PathLike, dataset: Any, tokenizer: str, *sub: str) -> Path:
-    """The one place a result folder is decided: ``OUT/<dataset_dirname>/<tokenizer>/<sub...>``, every part
-    through ``safe_name`` and the whole checked to stay inside ``out``."""
-    return join_under(out, dataset_dirname(dataset), safe_name(tokenizer), *(safe_name(s) for s in sub))
+def run_dir(out: str | os.PathLike, dataset: Any, tokenizer: str, task: str, *sub: str) -> Path:
+    """The one place a result folder is decided: ``OUT/<dataset_dirname>/<tokenizer>/<task>/<sub...>``.
+
+    ``task`` is the protocol's folder: its name for ``vtbench run`` (``reconstruction``, ``text``, ``detail``, a
+    custom protocol's name), ``generation`` / ``generation-adm`` for ``vtbench gfid``, ``probe-<size>`` for the AR
+    probe; so records of different tasks on the same (dataset, tokenizer) never overwrite each other. Every
+    part goes through ``safe_name`` and the whole is checked to stay inside ``out``."""
+    return join_under(out, dataset_dirname(dataset), safe_name(tokenizer), safe_name(task),
+                      *(safe_name(s) for s in sub))
+
+
+def protocol_section(protocol: Any) -> dict[str, Any]:
+    """A record's ``protocol`` section: name, version, task and ``settings_sha256``, the hash of the settings in
+    force (the protocol file's tables other than ``notes``), so an edited protocol file whose version was not
+    bumped is still told apart (fingerprints, ``vtbench compare``)."""
+    settings = {k: v for k, v in (getattr(protocol, "settings", None) or {}).items() if k != "notes"}
+    canon = json.dumps(settings, sort_keys=True, default=str, separators=(",", ":"))
+    return {"name": protocol.name, "version": str(protocol.version), "task": protocol.task,
+            "settings_sha256": hashlib.sha256(canon.encode()).hexdigest()[:16]}
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -32,8 +32,8 @@ from vtbench.metrics import METRICS, Batch, Metric, MetricUnavailable, MetricVal
 from vtbench.hashing import sha256sum
 from vtbench.metrics.base import metric_for_output
 from vtbench.paths import join_under, png_relpath, safe_name
-from vtbench.results import (RESULT_FILE, SAMPLES_FILE, environment, new_record, read_record, run_dir,
-                             write_json_atomic, write_text_atomic)
+from vtbench.results import (RESULT_FILE, SAMPLES_FILE, environment, new_record, protocol_section, read_record,
+                             run_dir, write_json_atomic, write_text_atomic)
 from vtbench.tokenizers import Tokenizer, UnsupportedResolutionError, build_tokenizer
 
 log = logging.getLogger("vtbench")
@@ -209,11 +209,11 @@ class TokenizerRun:
         self.tok, self.ds, self.cfg, self.protocol = tokenizer, dataset, cfg, protocol
         self.metric_names, self.device = metric_names, device
         self.policy = dataset.policy.bind(self._accepts)
-        self.dir = run_dir(cfg.out, dataset.info, tokenizer.name)
+        self.dir = run_dir(cfg.out, dataset.info, tokenizer.name, protocol.name)
         words = [dataset.info.extra["annotations"]] if dataset.info.extra.get("annotations") else []
         self.fingerprint = fingerprint(
             tokenizer.name, tokenizer.weights_sha256, dataset.info.id, dataset.info.revision,
-            dataset.info.selection, self.policy.describe(), protocol.name, protocol.version,
+            dataset.info.selection, self.policy.describe(), protocol_section(protocol),
             sorted(metric_names), cfg.seed, *words)
         ref = fingerprint(dataset.info.id, dataset.info.revision, dataset.info.selection, self.policy.describe(),
                           *words)
@@ -426,7 +426,7 @@ class TokenizerRun:
             tokenizer={**self.tok.card.to_dict(), **self.tok.provenance()},
             dataset={**self.ds.info.to_dict(), "n_requested": self.cfg.limit, "n_used": n_used,
                      "skipped": self.skipped},
-            protocol={"name": self.protocol.name, "version": self.protocol.version, "task": self.protocol.task},
+            protocol=protocol_section(self.protocol),
             metrics={k: v.to_dict() for k, v in values.items()},
             timings=self.timings,
             thumbnails=self._thumbnails(),

@@ -13,7 +13,7 @@ trap 'rm -rf "$RESULTS"' EXIT
 vtbench run -t tiny.vq --weights "$CHECKPOINT" --data embedded --metrics psnr,ssim,compression --limit 24 --out "$RESULTS"
 
 rm -rf "$BASELINE"
-for result in "$RESULTS"/*/*/result.json; do
+for result in "$RESULTS"/*/*/*/result.json; do
     run_dir="$(dirname "$result")"
     dest="$BASELINE/${run_dir#"$RESULTS"/}"
     mkdir -p "$dest"

@@ -20,8 +20,8 @@
 Identity: ``ids`` are relative posix file names for folders (sorted); for parquet, the struct's ``path`` values
 when every row has one and they are unique, else ``<file path relative to the root, without .parquet>/<row>``,
 in storage order (files sorted, rows in order) so that reading stays sequential. ``info.revision`` is a short sha1
-over the ids and the file sizes (content-independent, but any added, removed, renamed or resized file changes
-it), so cached reference statistics can be keyed on it.
+over the ids and the files' content digests (``hashing.content_digests``, memoised by path, size and mtime), so
+any added, removed, renamed or rewritten file changes it and cached reference statistics can be keyed on it.
 
 ``limit``: a deterministic subset -- ids ranked by ``sha1(f"{seed}:{id}")``, the first ``limit`` kept, in the
 dataset's canonical order. It depends only on the set of ids, ``limit`` and ``seed``, never on listing order.
@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vtbench.hashing import content_digests
 from vtbench.data.images import ImageLoadError, load_image, load_image_bytes
 from vtbench.data.policies import Policy
 from vtbench.registry import did_you_mean
@@ -65,7 +66,7 @@ class DatasetInfo:
     id: str
     kind: str                      # "embedded" | "folder" | "parquet"
     root: str                      # absolute path
-    revision: str                  # sha1[:12] over all ids + file sizes
+    revision: str                  # sha1[:12] over all ids + file content digests
     n_total: int
     n_selected: int
     split: str | None
@@ -219,7 +220,8 @@ class FolderDataset(ImageDataset):
             classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name))
             cls_index = {c: k for k, c in enumerate(classes)}
             labels = [cls_index[p.split("/", 1)[0]] for p in ids]
-        revision = _fingerprint([f"{p}\t{size}" for p, size in listing])
+        # content, not sizes: an image overwritten by another of the same size is another dataset revision
+        revision = _fingerprint([f"{p}\t{d}" for p, d in zip(ids, content_digests(root, ids))])
         if split is None and root.name.lower() in SPLIT_NAMES:
             split = root.name
         super().__init__(dataset_id=dataset_id, kind=kind, root=root, all_ids=ids, all_labels=labels,
@@ -362,7 +364,8 @@ class ParquetDataset(ImageDataset):
             labels = [-1] * len(locs)
         use_paths = has_path and len(paths) == len(locs) and all(paths) and len(set(paths)) == len(paths)
         ids = [str(p) for p in paths] if use_paths else fallback_ids
-        sizes = [f"{rel}\t{f.stat().st_size}\t{pf.metadata.num_rows}" for f, rel, pf in zip(files, rels, pfs)]
+        digests = content_digests(base, rels)  # content of each parquet file (memoised by path, size, mtime)
+        sizes = [f"{rel}\t{d}\t{pf.metadata.num_rows}" for d, rel, pf in zip(digests, rels, pfs)]
         revision = _fingerprint(sizes + ids)
 
         self._files = files

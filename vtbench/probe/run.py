@@ -30,8 +30,8 @@ from vtbench.probe.sample import SamplingSettings, sample_batches, sample_plan, 
 from vtbench.probe.settings import ProbeConfig, model_config, sampling_settings, size_table, train_settings
 from vtbench.probe.tokens import TokenSet, check_has_codes, split_by_id, tokenise
 from vtbench.probe.train import CHECKPOINT_FILE, barrier, dist_context, fingerprint, train_prior, validation_ce
-from vtbench.results import (RESULT_FILE, environment, new_record, read_record, run_dir, write_json_atomic,
-                             write_npz_atomic)
+from vtbench.results import (RESULT_FILE, environment, new_record, protocol_section, read_record, run_dir,
+                             write_json_atomic, write_npz_atomic)
 
 log = logging.getLogger("vtbench")
 
@@ -237,7 +237,8 @@ class _ProbeRun:
         self.ss, self.sextra = sampling_settings(self.protocol, self.table, cfg)
         vi = self.val_info
         self.settings = {
-            "protocol": f"{self.protocol.name}@{self.protocol.version}", "size": self.size,
+            "protocol": f"{self.protocol.name}@{self.protocol.version}",
+            "protocol_settings_sha256": protocol_section(self.protocol)["settings_sha256"], "size": self.size,
             "model": self.mcfg.to_dict(), "train": self.ts.fingerprint_dict(),
             "tokenizer": {"name": self.tok.name, "weights_sha256": self.tok.weights_sha256},
             "data": {"id": info.id, "revision": info.revision, "selection": info.selection,
@@ -335,7 +336,7 @@ class _ProbeRun:
             dataset={**self.ds.info.to_dict(), "n_requested": self.cfg.limit, "n_used": len(tokens.ids),
                      "skipped": tokens.skipped, "n_train": len(self.train.ids), "n_val": len(val.ids),
                      "val_data": self.val_info},
-            protocol={"name": self.protocol.name, "version": self.protocol.version, "task": self.protocol.task},
+            protocol=protocol_section(self.protocol),
             metrics={k: v.to_dict() for k, v in metrics.items()},
             timings=self.timings,
             run={"fingerprint": self.run_fp, "train_fingerprint": fingerprint(self.settings), "seed": self.cfg.seed,
