@@ -234,7 +234,7 @@ def test_cli_gfid_token_file_end_to_end(tmp_path, extractor, folder_reference, m
     rec = json.loads(Path(summary["result"]).read_text())
     path = result_path(out, rec["dataset"], "tiny.vq")
     assert summary["result"] == str(path) and path.is_file() and path.is_relative_to(out)
-    assert rec["protocol"] == {"name": "generation", "version": "1.0", "task": "generation"}
+    assert {k: rec["protocol"][k] for k in ("name", "version", "task")} == {"name": "generation", "version": "1.0", "task": "generation"} and rec["protocol"]["settings_sha256"]
     assert rec["tokenizer"]["name"] == "tiny.vq" and rec["tokenizer"]["family"] == "tiny"
     assert rec["dataset"]["id"] == folder_reference.id and rec["dataset"]["n_reference"] == N_IMAGES
     assert rec["dataset"]["file_sha256"] and rec["samples"]["sha256"]

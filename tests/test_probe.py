@@ -290,7 +290,7 @@ def test_probe_cli_end_to_end(tmp_path):
     run_dir = tmp_path / "embedded-photos" / "tiny.vq" / "probe-tiny"
     assert obj["result"] == str(run_dir / "result.json")
     rec = json.loads((run_dir / "result.json").read_text())
-    assert rec["protocol"] == {"name": "probe", "version": "1.0", "task": "generation"}
+    assert {k: rec["protocol"][k] for k in ("name", "version", "task")} == {"name": "probe", "version": "1.0", "task": "generation"} and rec["protocol"]["settings_sha256"]
     assert rec["tokenizer"]["name"] == "tiny.vq" and rec["tokenizer"]["weights_sha256"]
     assert rec["metrics"]["gfid"]["extra"]["size"] == "tiny" and rec["metrics"]["val_ce"]["unit"] == "nats/token"
     assert rec["dataset"]["n_train"] + rec["dataset"]["n_val"] == 10

@@ -9,7 +9,6 @@ stopped; a completed run is skipped unless forced.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
@@ -31,6 +30,7 @@ from vtbench.data.policies import get_policy
 from vtbench.metrics import METRICS, Batch, Metric, MetricUnavailable, MetricValue
 from vtbench.hashing import sha256sum
 from vtbench.metrics.base import metric_for_output
+from vtbench.core import Progress, fingerprint, quantise_uint8
 from vtbench.paths import join_under, png_relpath, safe_name
 from vtbench.results import (RESULT_FILE, SAMPLES_FILE, environment, new_record, protocol_section, read_record,
                              run_dir, write_json_atomic, write_text_atomic)
@@ -156,10 +156,6 @@ def build_metrics(names: list[str], device: torch.device, reference_key: str,
     return built, unavailable
 
 
-def fingerprint(*parts: Any) -> str:
-    return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
-
-
 def thumbnail_ids(ids: list[str], k: int) -> set[str]:
     """``k`` ids spread evenly over the dataset order (the embedded set: detail, photos and text alike)."""
     if k <= 0 or not ids:
@@ -169,36 +165,9 @@ def thumbnail_ids(ids: list[str], k: int) -> set[str]:
     return {ids[round(i * (len(ids) - 1) / (k - 1))] if k > 1 else ids[0] for i in range(k)}
 
 
-def _quantise(x: torch.Tensor) -> torch.Tensor:
-    """float [0,1] -> uint8, the rFID protocol's ``clamp(round(255 x))``."""
-    return x.clamp(0, 1).mul(255).round().to(torch.uint8)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-class _Progress:
-    """A rich progress bar on stderr (silent when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.bar = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), console=Console(stderr=True), transient=False)
-            self.bar.start()
-            self.task = self.bar.add_task(label, total=total)
-
-    def advance(self, n: int) -> None:
-        if self.bar:
-            self.bar.advance(self.task, n)
-
-    def close(self) -> None:
-        if self.bar:
-            self.bar.stop()
 
 
 class TokenizerRun:
@@ -296,7 +265,7 @@ class TokenizerRun:
             which = [i for i, b in zip(ids, bad.tolist()) if b]
             raise NonFiniteOutputError(f"{self.tok.name} produced NaN/Inf pixels for {which[:5]}; "
                                        f"results so far are kept in {self.dir / PROGRESS_FILE}")
-        recon = torch.stack([_quantise(self.policy.from_model(r.float(), c)) for r, c in zip(rec, ctxs)])
+        recon = torch.stack([quantise_uint8(self.policy.from_model(r.float(), c)) for r, c in zip(rec, ctxs)])
         orig = torch.stack(originals)
         words = self.ds.annotations
         t3 = time.perf_counter()
@@ -339,7 +308,7 @@ class TokenizerRun:
                 which = [i for i, b in zip(ids, bad.tolist()) if b]
                 raise NonFiniteOutputError(f"{self.tok.name} produced NaN/Inf pixels from perturbed tokens ({m.key}) "
                                            f"for {which[:5]}; results so far are kept in {self.dir / PROGRESS_FILE}")
-            out[m.key] = torch.stack([_quantise(self.policy.from_model(r.float(), c))
+            out[m.key] = torch.stack([quantise_uint8(self.policy.from_model(r.float(), c))
                                       for r, c in zip(rec, ctxs)]).to(self.device)
         return out or None
 
@@ -391,7 +360,7 @@ class TokenizerRun:
         started = datetime.now(timezone.utc).isoformat()
         torch.manual_seed(self.cfg.seed)
         np.random.seed(self.cfg.seed)
-        bar = _Progress(self.cfg.progress, len(self.ds), f"{self.tok.name} on {self.ds.info.id}")
+        bar = Progress(self.cfg.progress, len(self.ds), f"{self.tok.name} on {self.ds.info.id}")
         bar.advance(len(self.done))
         try:
             for k, (ids, imgs) in enumerate(self._batches(), 1):

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vtbench.core import fingerprint
 from vtbench.hashing import content_digests
 from vtbench.data.images import ImageLoadError, load_image, load_image_bytes
 from vtbench.data.policies import Policy
@@ -94,11 +95,7 @@ def select_subset(ids: Sequence[str], limit: int | None, seed: int = 0) -> list[
 
 
 def _fingerprint(lines: Sequence[str]) -> str:
-    h = hashlib.sha1()
-    for line in lines:
-        h.update(line.encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()[:12]
+    return fingerprint(list(lines), length=12)
 
 
 class ImageDataset(Dataset):

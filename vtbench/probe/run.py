@@ -30,6 +30,7 @@ from vtbench.probe.sample import SamplingSettings, sample_batches, sample_plan, 
 from vtbench.probe.settings import ProbeConfig, model_config, sampling_settings, size_table, train_settings
 from vtbench.probe.tokens import TokenSet, check_has_codes, split_by_id, tokenise
 from vtbench.probe.train import CHECKPOINT_FILE, barrier, dist_context, fingerprint, train_prior, validation_ce
+from vtbench.core import Progress
 from vtbench.results import (RESULT_FILE, environment, new_record, protocol_section, read_record, run_dir,
                              write_json_atomic, write_npz_atomic)
 
@@ -53,27 +54,9 @@ def setup_distributed(device: str) -> tuple[torch.device, bool]:
     return dev, True
 
 
-class _Bar:
-    """A rich progress bar on stderr (rank 0 only; silent when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.bar = None
-        if enabled and dist_context()[0] == 0:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                                console=Console(stderr=True))
-            self.bar.start()
-            self.task = self.bar.add_task(label, total=total, info="")
-
-    def advance(self, n: int = 1, info: str | None = None) -> None:
-        if self.bar:
-            self.bar.update(self.task, advance=n, **({"info": info} if info is not None else {}))
-
-    def close(self) -> None:
-        if self.bar:
-            self.bar.stop()
+def _Bar(enabled: bool, total: int, label: str) -> Progress:
+    """The shared progress display, on rank 0 only, with an info column (loss, cfg scale)."""
+    return Progress(enabled and dist_context()[0] == 0, total, label, show_info=True)
 
 
 class _Batches:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from vtbench.core import quantise_uint8
 from vtbench.probe.model import ClassConditionalGPT, KVCache
 
 
@@ -139,7 +140,7 @@ def sample_batches(model: ClassConditionalGPT, plan: list[int], indices: range, 
             codes = generate(model, labels, u, settings)
         with torch.inference_mode():
             imgs = decode(codes)
-        imgs = imgs.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        imgs = quantise_uint8(imgs.float()).permute(0, 2, 3, 1).cpu().numpy()
         if on_batch:
             on_batch(len(chunk))
         yield codes.cpu(), imgs

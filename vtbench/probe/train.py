@@ -14,7 +14,6 @@ setting that can move a number; resuming with different settings is refused with
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -26,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from vtbench.core import fingerprint as core_fingerprint
 from vtbench.probe.model import ClassConditionalGPT
 
 log = logging.getLogger("vtbench")
@@ -64,7 +64,8 @@ class TrainSettings:
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """The training settings' fingerprint (checkpoints refuse others): ``vtbench.core.fingerprint``."""
+    return core_fingerprint(settings)
 
 
 def steps_for_epochs(epochs: float, n_train: int, batch_size: int) -> int:

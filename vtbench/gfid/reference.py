@@ -1,0 +1,361 @@
+"""What samples are scored against: ADM reference batches, vtbench reference files, datasets (cached statistics)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from vtbench.metrics.frechet import FeatureStats, GaussianStats
+from vtbench.metrics.generation import GenerationState
+from vtbench.metrics.inception import (FEATURE_DIM, SPATIAL_DIM, SPATIAL_ID, InceptionExtractor, check_resize_mode,
+                                       load_inception)
+from vtbench.core import Progress, fingerprint
+from vtbench.results import (write_npz_atomic)
+
+log = logging.getLogger("vtbench")
+from vtbench.gfid.common import DEFAULT_RESOLUTION, PR_REFERENCE_SIZE, REFERENCE_CACHE_VERSION, REFERENCE_META_KEY, SampleFormatError, SizeMismatchError, mixed_pipeline_warning
+from vtbench.gfid.files import check_adm_images, iter_npz_rows, npz_array_info, npz_keys
+from vtbench.gfid.samples import Samples, _nhwc_to_tensor
+
+
+# -------------------------------------------------------------------------------------------------- reference
+
+
+@dataclass
+class Reference:
+    """What samples are scored against.
+
+    ``pool`` / ``spatial``: Gaussians of pool_3 (gFID) and spatial (sFID) features; ``features``: float32
+    ``(M, 2048)`` pool_3 features for precision/recall; ``extractor``: id of the extractor that computed what
+    vtbench computed (None when everything came from a file); ``missing``: part (``gfid``, ``sfid``,
+    ``precision_recall``) -> why it is absent; ``description`` becomes the result's ``dataset`` section;
+    ``warnings``: part (``gfid``, ``sfid``) -> the warning every value of it carries (statistics read from a file
+    that another pipeline computed).
+    """
+
+    id: str
+    description: dict[str, Any]
+    pool: GaussianStats | None = None
+    spatial: GaussianStats | None = None
+    features: torch.Tensor | None = None
+    extractor: str | None = None
+    missing: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int | None:
+        return None if self.pool is None else self.pool.n
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Reference":
+        """Read a reference file written by ``save`` (``SampleFormatError`` when it is not one)."""
+        path = Path(path)
+        keys = npz_keys(path)
+        if REFERENCE_META_KEY not in keys:
+            raise SampleFormatError(f"{path}: not a vtbench reference file (no {REFERENCE_META_KEY}; keys: "
+                                    f"{', '.join(keys)})")
+        with np.load(path, allow_pickle=False) as z:
+            a = {k: np.asarray(z[k]) for k in keys if k != "arr_0"}
+        meta = json.loads(str(a[REFERENCE_META_KEY]))
+        pool, spatial, feats = _arrays_to_stats(path, a)
+        return cls(id=meta["id"], description=dict(meta["description"]), pool=pool, spatial=spatial,
+                   features=feats, extractor=meta.get("extractor"), missing=dict(meta.get("missing") or {}),
+                   warnings=dict(meta.get("warnings") or {}))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write as a reference ``.npz`` (ADM keys + ``features`` + metadata), atomically."""
+        arrays: dict[str, np.ndarray] = {}
+        if self.pool is not None:
+            arrays.update(mu=self.pool.mu, sigma=self.pool.sigma)
+            if self.pool.n is not None:
+                arrays["n"] = np.asarray(self.pool.n, np.int64)
+        if self.spatial is not None:
+            arrays.update(mu_s=self.spatial.mu, sigma_s=self.spatial.sigma)
+        if self.features is not None:
+            arrays["features"] = self.features.cpu().numpy().astype(np.float32)
+        meta = {"id": self.id, "description": self.description, "extractor": self.extractor,
+                "missing": self.missing, "warnings": self.warnings, "version": REFERENCE_CACHE_VERSION}
+        arrays[REFERENCE_META_KEY] = np.asarray(json.dumps(meta))
+        return write_npz_atomic(path, **arrays)
+
+
+_SPATIAL_WHAT = "ADM's spatial (mixed_6/conv, 7 x 17 x 17)"
+
+
+def _check_dims(path: Path, name: str, mu: np.ndarray, sigma: np.ndarray, dim: int, what: str) -> None:
+    if mu.shape != (dim,) or sigma.shape != (dim, dim):
+        raise SampleFormatError(f"{path}: {name} has shapes {mu.shape} / {sigma.shape}; {what} statistics have "
+                                f"{dim} dimensions")
+
+
+def _check_features(path: Path, f: np.ndarray) -> np.ndarray:
+    if f.ndim != 2 or f.shape[1] != FEATURE_DIM or not np.issubdtype(f.dtype, np.floating):
+        raise SampleFormatError(f"{path}: features must be float (M, {FEATURE_DIM}) pool_3 features, got "
+                                f"{f.dtype} {f.shape}")
+    return f.astype(np.float32)
+
+
+def _arrays_to_stats(path: Path, a: dict[str, np.ndarray]
+                     ) -> tuple[GaussianStats | None, GaussianStats | None, torch.Tensor | None]:
+    """Pool and spatial Gaussians and P/R features from an npz's arrays (each None when absent), checked."""
+    n = int(a["n"]) if "n" in a else None
+    pool = spatial = feats = None
+    if "mu" in a and "sigma" in a:
+        _check_dims(path, "mu/sigma", a["mu"], a["sigma"], FEATURE_DIM, "pool_3")
+        pool = GaussianStats(a["mu"].astype(np.float64), a["sigma"].astype(np.float64), n)
+    if "mu_s" in a and "sigma_s" in a:
+        _check_dims(path, "mu_s/sigma_s", a["mu_s"], a["sigma_s"], SPATIAL_DIM, _SPATIAL_WHAT)
+        spatial = GaussianStats(a["mu_s"].astype(np.float64), a["sigma_s"].astype(np.float64), n)
+    if "features" in a:
+        feats = torch.from_numpy(_check_features(path, a["features"]))
+    return pool, spatial, feats
+
+
+def _image_features(batches: Iterable[torch.Tensor], extractor: InceptionExtractor, *, keep: Callable[[int], bool],
+                    progress: bool, total: int | None, label: str) -> tuple[GenerationState, torch.Tensor, int]:
+    """Pool + spatial statistics of all batches; pool features of the rows ``keep(i)`` accepts."""
+    state = GenerationState(FEATURE_DIM, SPATIAL_DIM, keep_features=False, device=extractor.device)
+    kept: list[torch.Tensor] = []
+    i = 0
+    with Progress(progress, total, label) as advance:
+        for batch in batches:
+            out = extractor.features_all(batch, logits=False)
+            state.update(out.pool, out.spatial)
+            rows = [j for j in range(batch.shape[0]) if keep(i + j)]
+            if rows:
+                kept.append(out.pool[rows].to("cpu", torch.float32))
+            i += batch.shape[0]
+            advance(batch.shape[0])
+    feats = torch.cat(kept) if kept else torch.zeros(0, FEATURE_DIM, dtype=torch.float32)
+    return state, feats, i
+
+
+def _gaussian(stats: FeatureStats) -> GaussianStats | None:
+    if int(stats.n) < 2:
+        return None
+    mu, sigma = stats.mean_cov()
+    return GaussianStats(mu, sigma, int(stats.n))
+
+
+def _digest(*parts: Any) -> str:
+    return fingerprint(*parts, length=32)
+
+
+def _cache_path(key: str) -> Path:
+    from vtbench.paths import cache_dir
+    return cache_dir() / "gfid_reference" / f"{key}.npz"
+
+
+def _load_cached(path: Path) -> Reference | None:
+    """A cached reference file, or None when it is missing or damaged (then it is recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        return Reference.load(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        log.warning("%s: unreadable reference cache (%s); recomputing", path, exc)
+        return None
+
+
+def _reference_from_npz(path: Path, *, extractor: InceptionExtractor | None, limit: int | None = None,
+                        seed: int = 0, batch_size: int = 32, progress: bool = False) -> Reference:
+    from vtbench.data.datasets import select_subset
+    from vtbench.hashing import sha256sum
+
+    keys = npz_keys(path)
+    sha = sha256sum(path)
+    if REFERENCE_META_KEY in keys:  # a vtbench reference file: as saved
+        ref = Reference.load(path)
+        ref.description.update(reference_file=str(path.resolve()), file_sha256=sha)
+        return ref
+    has_images = "arr_0" in keys
+    if not ({"mu", "sigma"} <= set(keys) or has_images or "features" in keys):
+        raise SampleFormatError(f"{path}: a reference needs mu/sigma (ADM statistics), arr_0 (uint8 NHWC images) "
+                                f"or features; keys found: {', '.join(keys) or 'none'}")
+    with np.load(path, allow_pickle=False) as z:
+        a = {k: np.asarray(z[k]) for k in ("mu", "sigma", "mu_s", "sigma_s", "features", "n") if k in keys}
+    pool, spatial, feats = _arrays_to_stats(path, a)
+    pool_from_file, spatial_from_file = pool is not None, spatial is not None
+    ext_id, n_images, n_selected, image_size = None, None, None, None
+    if has_images:
+        shape, dtype = npz_array_info(path, "arr_0")
+        if len(shape) == 4:
+            image_size = [int(shape[1]), int(shape[2])]
+    if has_images and (feats is None or pool is None):
+        check_adm_images(path, shape, dtype, keys)
+        if extractor is None:
+            raise ValueError(f"{path}: reading arr_0 images needs the Inception extractor")
+        n_images = shape[0]
+        subset = select_subset([str(i) for i in range(n_images)], limit, seed)
+        n_selected = len(subset)
+        cache = _cache_path(_digest("npz", sha, extractor.id, SPATIAL_ID, limit, seed, REFERENCE_CACHE_VERSION))
+        images = _load_cached(cache)
+        if images is None:
+            rows = iter_npz_rows(path, "arr_0", batch_size, keep=set(subset) if n_selected < n_images else None)
+            state, img_feats, _ = _image_features((_nhwc_to_tensor(r) for r in rows), extractor,
+                                                  keep=lambda i: True, progress=progress, total=n_selected,
+                                                  label=f"reference {path.name}")
+            images = Reference(f"{path.name}#arr_0", {"file_sha256": sha}, _gaussian(state.pool),
+                               _gaussian(state.spatial), img_feats, extractor.id)
+            images.save(cache)
+        ext_id = extractor.id
+        if feats is None:
+            feats = images.features
+        if pool is None:  # ADM computes both statistics from arr_0 when the file holds no mu (evaluator L164-172)
+            pool, spatial = images.pool, images.spatial
+            pool_from_file = spatial_from_file = False
+    missing: dict[str, str] = {}
+    if pool is None:
+        missing["gfid"] = f"{path.name} has no mu/sigma and fewer than 2 usable arr_0 images"
+    if spatial is None:
+        missing["sfid"] = f"{path.name} has no mu_s/sigma_s (ADM's spatial statistics)" + (
+            "; its mu/sigma come from the file, so statistics of its arr_0 images would describe another set"
+            if has_images and pool is not None and "mu" in a else "")
+    if feats is None:
+        missing["precision_recall"] = (f"{path.name} holds no reference images (arr_0, uint8 NHWC) or pool_3 "
+                                       "features (features); precision/recall compare samples with reference "
+                                       "features (ADM: the 10,000 images of its reference batch)")
+    desc = {"id": path.stem, "kind": "npz", "root": str(path.resolve()), "file_sha256": sha, "keys": keys,
+            "statistics": ("file (ADM's evaluator: TF graph, bilinear resize)" if "mu" in a
+                           else f"vtbench: {ext_id}" if pool is not None else None),
+            "n_reference": None if pool is None else pool.n,
+            "n_reference_features": None if feats is None else int(feats.shape[0]),
+            "n_images": n_images, "n_selected": n_selected, "limit": limit, "seed": seed,
+            "selection": None if n_selected is None else _digest(limit, seed, n_images)[:12],
+            "image_size": image_size}
+    # statistics read from the file came from ADM's TF evaluator: ``score_state`` applies these warnings unless the
+    # samples go through ADM's resize too
+    warnings = {}
+    if pool_from_file and pool is not None:
+        warnings["gfid"] = mixed_pipeline_warning(f"{path.name}, not this extractor", "mu/sigma")
+    if spatial_from_file and spatial is not None:
+        warnings["sfid"] = mixed_pipeline_warning(f"{path.name}, not this extractor", "mu_s/sigma_s")
+    return Reference(id=path.stem, description=desc, pool=pool, spatial=spatial, features=feats, extractor=ext_id,
+                     missing=missing, warnings=warnings)
+
+
+def _reference_from_dataset(spec: str, *, resolution: int, limit: int | None, seed: int, batch_size: int,
+                            extractor: InceptionExtractor, progress: bool, pr_reference_size: int) -> Reference:
+    from vtbench.data.datasets import collate, open_dataset, select_subset
+    from vtbench.data.policies import get_policy
+
+    ds = open_dataset(spec, get_policy("adm-center-crop", resolution), limit=limit, seed=seed)
+    info = ds.info
+    pr_n = min(len(ds), pr_reference_size)
+    key = _digest("dataset", info.id, info.revision, info.selection, info.policy, extractor.id, SPATIAL_ID, pr_n,
+                  seed, REFERENCE_CACHE_VERSION)
+    cache = _cache_path(key)
+    cached = _load_cached(cache)
+    if cached is not None:
+        log.info("reference %s: cached statistics %s", info.id, cache)
+        cached.description.update(cache=str(cache), image_size=[resolution, resolution])
+        return cached
+    keep_ids = set(ds.ids) if pr_n == len(ds) else {ds.ids[i] for i in select_subset(ds.ids, pr_n, seed)}
+    skipped: list[dict[str, str]] = []
+    order: list[str] = []
+
+    def batches() -> Iterator[torch.Tensor]:
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
+        for chunk in loader:
+            skipped.extend({"id": sid, "reason": err} for sid, err in chunk["errors"])
+            for sid, err in chunk["errors"]:
+                log.warning("reference: skipping %s: %s", sid, err)
+            if chunk["images"]:  # adm-center-crop makes every image resolution x resolution
+                order.extend(chunk["ids"])
+                yield torch.stack(chunk["images"])
+
+    state, feats, n = _image_features(batches(), extractor, keep=lambda i: order[i] in keep_ids,
+                                      progress=progress, total=len(ds), label=f"reference {info.id}")
+    pool, spatial = _gaussian(state.pool), _gaussian(state.spatial)
+    missing = {} if pool is not None else {"gfid": f"reference {info.id} has {n} usable image(s); a covariance "
+                                                   "needs at least 2"}
+    if spatial is None:
+        missing["sfid"] = missing["gfid"]
+    desc = {**info.to_dict(), "reference_kind": "dataset", "n_reference": n,
+            "n_reference_features": int(feats.shape[0]), "statistics": f"vtbench: {extractor.id}",
+            "skipped": skipped, "image_size": [resolution, resolution]}
+    ref = Reference(info.id, desc, pool, spatial, feats, extractor.id, missing)
+    ref.save(cache)
+    ref.description["cache"] = str(cache)
+    return ref
+
+
+def open_reference(spec: str, *, resolution: int = 256, limit: int | None = None, seed: int = 0,
+                   batch_size: int = 32, device: str | torch.device = "cpu", inception_path: str | None = None,
+                   progress: bool = False, pr_reference_size: int = PR_REFERENCE_SIZE,
+                   resize: str = "clean") -> Reference:
+    """Open a reference: an ADM/vtbench reference ``.npz`` or a dataset (see the module docstring).
+
+    ``limit`` / ``seed``: a deterministic subset of the dataset (or of an npz's ``arr_0`` images);
+    ``pr_reference_size``: at most this many dataset images (a seeded subset) keep pool_3 features for
+    precision/recall. Raises ``MetricUnavailable`` when Inception weights are needed and missing,
+    ``SampleFormatError`` / ``DatasetError`` (both ``ValueError``) for unreadable inputs. ``resize``: the
+    extractor's resize mode (``"clean"`` or ``"tf-bilinear"``; part of every cache key).
+    """
+    check_resize_mode(resize)
+    path = Path(spec)
+    if path.suffix.lower() == ".npz" and path.is_file():
+        keys = npz_keys(path)
+        needs_images = "arr_0" in keys and not ({"mu", "sigma", "features"} <= set(keys))
+        extractor = load_inception(inception_path, device).with_resize(resize) if needs_images else None
+        return _reference_from_npz(path, extractor=extractor, limit=limit, seed=seed, batch_size=batch_size,
+                                   progress=progress)
+    if path.suffix.lower() == ".npz":
+        raise FileNotFoundError(f"{spec}: no such reference file")
+    return _reference_from_dataset(spec, resolution=resolution, limit=limit, seed=seed, batch_size=batch_size,
+                                   extractor=load_inception(inception_path, device).with_resize(resize),
+                                   progress=progress, pr_reference_size=pr_reference_size)
+
+
+def reference_image_size(spec: str, resolution: int = DEFAULT_RESOLUTION) -> tuple[tuple[int, int] | None, str]:
+    """(height, width) of the reference's images without computing anything, and what they are: a dataset is
+    cropped to ``resolution`` square; an ``.npz`` has its ``arr_0`` size (a vtbench reference file: the size it
+    recorded); None when unknown (statistics only)."""
+    path = Path(spec)
+    if path.suffix.lower() != ".npz":
+        return (resolution, resolution), f"the dataset {spec} cropped by adm-center-crop at --resolution {resolution}"
+    if not path.is_file():
+        return None, str(spec)
+    keys = npz_keys(path)
+    if REFERENCE_META_KEY in keys:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z[REFERENCE_META_KEY]))
+        size = (meta.get("description") or {}).get("image_size")
+        return (tuple(int(v) for v in size) if size else None), f"the images behind the reference file {path.name}"
+    if "arr_0" in keys:
+        shape, _ = npz_array_info(path, "arr_0")
+        if len(shape) == 4:
+            return (int(shape[1]), int(shape[2])), f"the arr_0 images of {path.name}"
+    return None, str(spec)
+
+
+def check_sizes(samples: Samples, ref_spec: str, resolution: int = DEFAULT_RESOLUTION, *,
+                allow_size_mismatch: bool = False) -> str | None:
+    """Raise ``SizeMismatchError`` when the samples' and the reference's image sizes differ (naming both and the
+    fix); with ``allow_size_mismatch`` return the warning instead. None when they match or a size is unknown."""
+    ref_size, what = reference_image_size(ref_spec, resolution)
+    if samples.size is None or ref_size is None or tuple(samples.size) == tuple(ref_size):
+        return None
+    (h, w), (rh, rw) = samples.size, ref_size
+    msg = f"samples are {h}x{w} (H x W) but the reference images are {rh}x{rw} ({what})"
+    if allow_size_mismatch:
+        return f"{msg}: Frechet distances and precision/recall across image sizes are not comparable"
+    dataset = Path(ref_spec).suffix.lower() != ".npz"
+    if dataset and h == w:
+        fix = f"pass --resolution {h} to crop the reference dataset to the samples' size"
+    elif dataset:
+        fix = ("the samples are not square and adm-center-crop makes square references: crop/resize the samples to a "
+               "square size and pass it as --resolution")
+    else:
+        fix = (f"score samples generated at {rh}x{rw}, or use a reference of {h}x{w} images (a dataset with "
+               f"--resolution {h})")
+    raise SizeMismatchError(f"{msg}; {fix}, or pass --allow-size-mismatch to score anyway (the values are then "
+                            "not comparable with same-size numbers)")

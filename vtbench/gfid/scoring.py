@@ -1,0 +1,150 @@
+"""Samples -> Inception features -> gFID, sFID, IS, precision/recall against a reference."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from vtbench.metrics.base import MetricValue
+from vtbench.metrics.frechet import FeatureStats, GaussianStats, frechet_distance
+from vtbench.metrics.generation import IS_SPLIT_SIZE, NEAREST_K, PR_BLOCK_SIZE, GenerationState, precision_recall
+from vtbench.metrics.inception import (FEATURE_DIM, SPATIAL_DIM, InceptionExtractor, load_inception)
+from vtbench.core import Progress
+
+log = logging.getLogger("vtbench")
+from vtbench.gfid.common import FULL_RANK_N, OUTPUTS, _join_warnings, metric_key
+from vtbench.gfid.reference import Reference
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+
+def extract_samples(samples: Iterable[torch.Tensor], extractor: InceptionExtractor, *, keep_features: bool = True,
+                    seed: int = 0, progress: bool = False, split_size: int = IS_SPLIT_SIZE) -> GenerationState:
+    """Stream ``samples`` (uint8 ``(B, 3, H, W)`` batches) through Inception into a ``GenerationState``.
+    Seeds torch and numpy first, so sampling decoders behind the iterator are reproducible."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    state = GenerationState(FEATURE_DIM, SPATIAL_DIM, keep_features=keep_features, split_size=split_size,
+                            device=extractor.device)
+    total = len(samples) if hasattr(samples, "__len__") else None
+    with Progress(progress, total, "samples") as advance:
+        for batch in samples:
+            out = extractor.features_all(batch, logits=True)
+            state.update(out.pool, out.spatial, out.logits)
+            advance(batch.shape[0])
+    return state
+
+
+def _metric(key: str, value: float | None, n: int, reason: str | None = None, **extra: Any) -> MetricValue:
+    display, hib = OUTPUTS[key]
+    if value is not None and not np.isfinite(value):
+        value, reason = None, reason or "the value is not finite"
+    return MetricValue(value=None if value is None else float(value), n=n, higher_is_better=hib,
+                       display_name=display, reason=reason if value is None else None, extra=extra)
+
+
+def _frechet(key: str, stats: FeatureStats, ref: GaussianStats | None, missing: str | None, n: int,
+             extra: dict[str, Any], foreign: str | None = None) -> MetricValue:
+    """``foreign``: the mixed-pipeline warning when ``ref`` was not computed by this extractor."""
+    if ref is None:
+        return _metric(key, None, n, missing or "the reference has no statistics for it", **extra)
+    if n < 2:
+        return _metric(key, None, n, f"a covariance needs at least 2 samples, got {n}", **extra)
+    extra = {**extra, "n_reference": ref.n}
+    low = min(n, ref.n or n)
+    rank = (f"Frechet distance on {low} < {FULL_RANK_N} images: the covariance is rank-deficient, so the value is "
+            "biased high and only comparable at equal N") if low < FULL_RANK_N else None
+    warning = _join_warnings(extra.get("warning"), rank, foreign)
+    if warning:
+        extra["warning"] = warning
+    if foreign:
+        extra["reference_statistics"] = "file (another pipeline)"
+    mu, sigma = stats.mean_cov()
+    return _metric(key, frechet_distance(mu, sigma, ref.mu, ref.sigma), n, **extra)
+
+
+def score_state(state: GenerationState, reference: Reference, *, extractor: InceptionExtractor | None = None,
+                nearest_k: int = NEAREST_K, device: str | torch.device = "cpu",
+                block_size: int = PR_BLOCK_SIZE, warning: str | None = None) -> dict[str, MetricValue]:
+    """The five numbers from a filled ``GenerationState`` (None + reason for each one that cannot be computed).
+    ``warning`` goes into every value's ``extra["warning"]`` (joined with the values' own warnings)."""
+    n = state.n
+    base: dict[str, Any] = {"n_reference": reference.n}
+    if warning:
+        base["warning"] = warning
+    resize = extractor.resize_mode if extractor is not None else "clean"
+    other = None  # the reference's features came from another extractor (weights or resize)
+    if extractor is not None:
+        base.update(extractor=extractor.id, weights_sha256=extractor.sha256)
+        if reference.extractor and reference.extractor != extractor.id:
+            base["reference_extractor"] = reference.extractor
+            other = (f"the reference was computed with {reference.extractor}, the samples with {extractor.id}: "
+                     "values are comparable only up to that difference (open the reference with the same resize)")
+            log.warning("%s", other)
+    # ADM-file statistics: a mixed pipeline unless the samples went through ADM's resize too
+    foreign = {} if resize == "tf-bilinear" else reference.warnings
+    if resize == "tf-bilinear" and reference.warnings:
+        base["reference_statistics"] = "file (ADM's evaluator; the same TF1 bilinear resize)"
+    out = {"gfid": _frechet("gfid", state.pool, reference.pool, reference.missing.get("gfid"), n, base,
+                            _join_warnings(other, foreign.get("gfid"))),
+           "sfid": _frechet("sfid", state.spatial, reference.spatial, reference.missing.get("sfid"), n, base,
+                            _join_warnings(other, foreign.get("sfid")))}
+    is_extra = {**base, "split_size": state.inception.split_size}
+    if n == 0:
+        out["inception_score"] = _metric("inception_score", None, n, "no samples", **is_extra)
+    elif state.n_logits != n:
+        why = (extractor.logits_unavailable_reason() if extractor is not None and not extractor.has_logits
+               else None) or "no classifier logits were given for the samples"
+        out["inception_score"] = _metric("inception_score", None, n, why, **is_extra)
+    else:
+        n_splits = len(state.inception.scores) + (1 if n % state.inception.split_size else 0)
+        out["inception_score"] = _metric("inception_score", state.inception.compute(), n, n_splits=n_splits,
+                                         **is_extra)
+    feats = state.features()
+    pr_extra = {**base, "k": nearest_k, "distance": "squared euclidean, float64",
+                "n_reference_features": None if reference.features is None else int(reference.features.shape[0])}
+    if other:
+        pr_extra["warning"] = _join_warnings(pr_extra.get("warning"), other)
+    reason = None
+    if reference.features is None:
+        reason = reference.missing.get("precision_recall") or "the reference has no pool_3 features"
+    elif feats is None:
+        reason = "sample features were not kept"
+    elif min(n, reference.features.shape[0]) < nearest_k + 1:
+        reason = (f"k-NN manifolds with k={nearest_k} need at least {nearest_k + 1} images on each side, got "
+                  f"{n} samples and {reference.features.shape[0]} reference images")
+    if reason is not None:
+        out["precision"] = _metric("precision", None, n, reason, **pr_extra)
+        out["recall"] = _metric("recall", None, n, reason, **pr_extra)
+    else:
+        p, r = precision_recall(reference.features, feats, nearest_k, block_size=block_size, device=device)
+        out["precision"] = _metric("precision", p, n, **pr_extra)
+        out["recall"] = _metric("recall", r, n, **pr_extra)
+    if resize == "clean":
+        return out
+    return {metric_key(k, resize): dataclasses.replace(v, display_name=f"{v.display_name} (ADM resize)",
+                                                       extra={**v.extra, "resize": resize})
+            for k, v in out.items()}
+
+
+def score_samples(samples: Iterable[torch.Tensor], reference: Reference, *, device: str | torch.device = "cpu",
+                  seed: int = 0, progress: bool = False, inception_path: str | None = None,
+                  nearest_k: int = NEAREST_K, resize: str = "clean") -> dict[str, MetricValue]:
+    """Score uint8 ``(B, 3, H, W)`` sample batches against ``reference``: ``gfid``, ``sfid``,
+    ``inception_score``, ``precision``, ``recall`` (each ``MetricValue``; None + reason when not computable).
+
+    Example::
+
+        ref = open_reference("embedded/photos", resolution=256)
+        values = score_samples(iter_samples("samples.npz", batch_size=32), ref)
+        values["gfid"].value
+    """
+    extractor = load_inception(inception_path, device).with_resize(resize)
+    state = extract_samples(samples, extractor, keep_features=reference.features is not None, seed=seed,
+                            progress=progress)
+    return score_state(state, reference, extractor=extractor, nearest_k=nearest_k, device=device)
