@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import platform
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -94,18 +95,20 @@ def weight_candidates(path: str | os.PathLike | None = None) -> list[tuple[str, 
 
 
 def resize_clean(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """clean-fid "clean" resize of one image.
+    """clean-fid "clean" resize of one image, by clean-fid itself (``make_resizer("PIL", False, "bicubic")``:
+    PIL bicubic on each channel as float32, clipped to [0, 255], not quantised).
 
-    image: ``(H, W, 3)`` uint8. Returns ``(3, size, size)`` float32 in [0, 255] (not quantised).
+    image: ``(H, W, 3)`` uint8. Returns ``(3, size, size)`` float32 in [0, 255].
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
-    out = np.empty((3, size, size), dtype=np.float32)
-    for c in range(3):
-        channel = Image.fromarray(image[:, :, c].astype(np.float32))  # float32 2-D -> mode "F"
-        # PIL returns a copy when the size already matches, as clean-fid's resizer does
-        out[c] = np.asarray(channel.resize((size, size), resample=Image.BICUBIC))
-    return np.clip(out, 0.0, 255.0, out=out)
+    return np.ascontiguousarray(_clean_resizer(size)(image).transpose(2, 0, 1))
+
+
+@functools.lru_cache(maxsize=4)
+def _clean_resizer(size: int) -> Any:
+    from cleanfid.resize import make_resizer
+    return make_resizer("PIL", False, "bicubic", (size, size))
 
 
 def _tf_legacy_axis(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
