@@ -115,3 +115,22 @@ def test_rfid_reference_cache_misses_after_a_same_size_overwrite(tmp_path):
 def test_run_dir_names_the_task(tmp_path, task):
     d = run_dir(tmp_path, {"id": "embedded/photos", "kind": "embedded"}, "tiny.vq", task)
     assert d == tmp_path / "embedded-photos" / "tiny.vq" / task
+
+
+def test_metrics_are_built_from_one_explicit_context():
+    """Every registered metric builds through Metric.from_context; only metrics that override it read the
+    context, and the pFID extra decode is declared by the contract, not found by attribute lookup."""
+    import torch
+
+    from vtbench.metrics import METRICS, MetricUnavailable
+    from vtbench.metrics.base import Metric, MetricContext
+    ctx = MetricContext(device=torch.device("cpu"), reference_key="k", resolution=64, settings={})
+    for name in METRICS.names():
+        cls = METRICS.get(name)
+        try:
+            m = cls.from_context(ctx)
+        except MetricUnavailable as exc:  # e.g. LPIPS without its backbone: a reason, never a crash
+            assert exc.reason
+            continue
+        assert isinstance(m, Metric)
+        assert m.needs_extra_decode == (cls.extra_decode is not Metric.extra_decode), name

@@ -9,7 +9,6 @@ stopped; a completed run is skipped unless forced.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
@@ -28,6 +27,7 @@ from vtbench.data.annotations import find_word_manifest, match_annotations
 from vtbench.data.datasets import ImageDataset, collate, open_dataset
 from vtbench.data.policies import get_policy
 from vtbench.metrics import METRICS, Batch, Metric, MetricUnavailable, MetricValue
+from vtbench.metrics.base import MetricContext
 from vtbench.hashing import sha256sum
 from vtbench.metrics.base import metric_for_output
 from vtbench.core import Progress, fingerprint, quantise_uint8
@@ -103,7 +103,7 @@ def selected_metrics(cfg: RunConfig, protocol: Protocol) -> list[str]:
     for n in names:
         n = n.strip()
         base, _, variant = n.partition("@")
-        if variant and base in METRICS and "variant" in inspect.signature(METRICS.get(base).__init__).parameters:
+        if variant and base in METRICS and METRICS.get(base).accepts_variant:
             METRICS.get(base).check_variant(variant)  # bad settings fail before any data is read
             m = n  # a configured instance, e.g. pfid@a0.25_d100_b1 (settings in the name)
         else:
@@ -118,36 +118,26 @@ def selected_metrics(cfg: RunConfig, protocol: Protocol) -> list[str]:
 
 
 def metric_config(name: str, protocol: Protocol | None) -> dict[str, Any]:
-    """The ``settings`` (protocol table) and ``variant`` (the part of ``name`` after ``@``) a metric declares."""
+    """The ``settings`` (the protocol's table named like the metric) and ``variant`` (the part of ``name`` after
+    ``@``) of a selected metric."""
     base, _, variant = name.partition("@")
-    params = inspect.signature(METRICS.get(base).__init__).parameters
-    config: dict[str, Any] = {}
-    if "settings" in params:
-        config["settings"] = dict(protocol.get(base, {}) or {}) if protocol is not None else {}
-    if variant and "variant" in params:
-        config["variant"] = variant
-    return config
+    settings = dict(protocol.get(base, {}) or {}) if protocol is not None else {}
+    return {"settings": settings, "variant": variant or None}
 
 
 def build_metrics(names: list[str], device: torch.device, reference_key: str,
                   protocol: Protocol | None = None, resolution: int | None = None,
                   tokenizer: Tokenizer | None = None) -> tuple[dict[str, Metric], dict[str, str]]:
-    """Construct metrics; those that cannot run here are returned as ``{name: reason}``.
-
-    A metric's constructor receives, when it declares them: ``device``, ``reference_key`` (caches of
-    reference-side work: Inception statistics, OCR of originals), ``resolution`` (the policy's tokenizer input
-    size), ``tokenizer`` (pFID decodes perturbed tokens), ``settings`` (the protocol's table of the same name,
-    e.g. ``[detail]``) and ``variant`` (``pfid@a0.25_d100_b1``: the text after ``@``)."""
-    available = {"device": device, "reference_key": reference_key, "resolution": resolution,
-                 "tokenizer": tokenizer}
+    """Construct metrics through ``Metric.from_context`` (one ``MetricContext`` per metric: device, reference
+    cache key, resolution, tokenizer, its protocol settings and variant); those that cannot run here are
+    returned as ``{name: reason}``."""
     built, unavailable = {}, {}
     for name in names:
         cls = METRICS.get(name.partition("@")[0])
-        params = inspect.signature(cls.__init__).parameters
-        kwargs = {k: v for k, v in available.items() if k in params}
-        kwargs.update(metric_config(name, protocol))
+        ctx = MetricContext(device=device, reference_key=reference_key, resolution=resolution, tokenizer=tokenizer,
+                            **metric_config(name, protocol))
         try:
-            built[name] = cls(**kwargs)
+            built[name] = cls.from_context(ctx)
         except MetricUnavailable as exc:
             unavailable[name] = exc.reason
             if exc.reason not in _WARNED:  # once per process, not once per tokenizer
@@ -298,11 +288,10 @@ class TokenizerRun:
         preprocessing and uint8 quantisation as the reconstruction. Timed as metric work, not decode."""
         out = {}
         for m in self.metrics.values():
-            make = getattr(m, "perturbed_tokens", None)
-            if make is None:
+            if not m.needs_extra_decode:
                 continue
             with torch.inference_mode():
-                rec = self.tok.decode(make(tokens, self.tok, ids))
+                rec = self.tok.decode(m.extra_decode(tokens, self.tok, ids))
             bad = ~torch.isfinite(rec).flatten(1).all(dim=1)
             if bad.any():
                 which = [i for i, b in zip(ids, bad.tolist()) if b]

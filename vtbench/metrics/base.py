@@ -8,7 +8,7 @@ reduce them (sum / cat / max). A metric that cannot run yields ``value: None`` w
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 
@@ -84,6 +84,24 @@ class Batch:
         return x.float().div_(255.0)
 
 
+@dataclass(frozen=True)
+class MetricContext:
+    """Everything the runner hands a metric at construction, as one explicit object (``Metric.from_context``).
+
+    ``device``: where states and models live; ``reference_key``: keys caches of reference-side work (Inception
+    statistics, OCR of originals) by dataset revision, selection, preprocessing and annotations; ``resolution``:
+    the policy's tokenizer input size; ``tokenizer``: the tokenizer under test (pFID decodes perturbed tokens);
+    ``settings``: the protocol's table named like the metric (``[detail]``, ``[pfid]``, ...); ``variant``: the
+    text after ``@`` in a selected name (``pfid@a0.25_d100_b1``)."""
+
+    device: Any = "cpu"
+    reference_key: str | None = None
+    resolution: int | None = None
+    tokenizer: Any = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    variant: str | None = None
+
+
 _REDUCE = ("sum", "cat", "max")
 
 
@@ -95,6 +113,10 @@ class Metric:
 
     name: ClassVar[str] = ""
     outputs: ClassVar[tuple[Output, ...]] = ()
+    # True for metrics that score a second decode of the same batch (pFID: perturbed tokens); the runner then
+    # calls ``extra_decode`` and passes the decoded, quantised images in ``Batch.perturbed[self.key]``
+    needs_extra_decode: ClassVar[bool] = False
+    accepts_variant: ClassVar[bool] = False  # configured instances by name (pfid@a0.25_d100_b1)
     needs: ClassVar[frozenset[str]] = frozenset({"pixels"})
     protocol: ClassVar[str] = "reconstruction"
 
@@ -156,6 +178,17 @@ class Metric:
                 self._state[name].append(v)
 
     # -- contract ---------------------------------------------------------------------------------
+    @classmethod
+    def from_context(cls, ctx: MetricContext) -> "Metric":
+        """Build the metric for a run. The default takes nothing from ``ctx``; metrics that need the device,
+        caches, settings or the tokenizer override this and read the fields they use, by name."""
+        return cls()
+
+    def extra_decode(self, tokens: Any, tokenizer: Any, ids: list[str]) -> Any:
+        """Tokens to decode a second time for this metric (``needs_extra_decode``); the runner decodes them with
+        the same inverse preprocessing and 8-bit quantisation as the reconstruction."""
+        raise NotImplementedError(f"{type(self).__name__} declares no extra decode")
+
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

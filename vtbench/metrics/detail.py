@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from vtbench.metrics.base import Batch, Metric, MetricValue, Output
+from vtbench.metrics.base import Batch, MetricContext, Metric, MetricValue, Output
 from vtbench.metrics.frequency import BT601_LUMA, DEFAULT_BANDS, WINDOWS, band_key, detail_stats, psnr_from_mse
 
 __all__ = ["DEFAULT_SETTINGS", "Detail", "detail_outputs"]
@@ -135,6 +135,10 @@ class Detail(Metric):
     protocol = "detail"
     needs = frozenset({"pixels"})
     outputs: ClassVar[tuple[Output, ...]] = detail_outputs(DEFAULT_BANDS)
+
+    @classmethod
+    def from_context(cls, ctx: MetricContext) -> "Detail":
+        return cls(settings=ctx.settings)
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vtbench.metrics.base import Batch, Metric, MetricUnavailable, MetricValue, Output
+from vtbench.metrics.base import Batch, MetricContext, Metric, MetricUnavailable, MetricValue, Output
 from vtbench.metrics.frechet import FeatureStats, GaussianStats, frechet_distance, load_stats, save_stats
 from vtbench.metrics.inception import FEATURE_DIM, load_inception
 from vtbench.paths import cache_dir
@@ -55,6 +55,10 @@ class RFID(Metric):
     key = "rfid"  # the output key (pFID, a subclass, keys its values by its settings)
     outputs = (Output("rfid", "rFID", "", False),)
     needs = frozenset({"pixels", "features"})
+
+    @classmethod
+    def from_context(cls, ctx: MetricContext) -> "RFID":
+        return cls(device=ctx.device, reference_key=ctx.reference_key)
 
     def __init__(self, device: str | torch.device = "cpu", reference_key: str | None = None,
                  inception_path: str | None = None) -> None:

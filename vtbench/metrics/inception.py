@@ -47,7 +47,6 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vtbench.metrics.base import MetricUnavailable
 

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import torch
 
-from vtbench.metrics.base import Batch, MetricUnavailable, MetricValue, Output
+from vtbench.metrics.base import Batch, MetricContext, MetricUnavailable, MetricValue, Output
 from vtbench.metrics.fid import RFID
 
 _SPEC = re.compile(r"^a(?P<alpha>[0-9.]+)_d(?P<delta>[0-9]+)_b(?P<beta>[0-9.]+)$")
@@ -121,6 +121,17 @@ class PFID(RFID):
     name = "pfid"
     outputs = (Output("pfid@a0.5_d100_b1", "pFID", "", False),)
     needs = frozenset({"pixels", "features", "perturbed"})
+
+    needs_extra_decode = True
+    accepts_variant = True
+
+    @classmethod
+    def from_context(cls, ctx: MetricContext) -> "PFID":
+        return cls(device=ctx.device, reference_key=ctx.reference_key, tokenizer=ctx.tokenizer,
+                   settings=ctx.settings, variant=ctx.variant)
+
+    def extra_decode(self, tokens: Any, tokenizer: Any, ids: list[str]) -> Any:
+        return self.perturbed_tokens(tokens, tokenizer, ids)
 
     def __init__(self, device: str | torch.device = "cpu", reference_key: str | None = None,
                  inception_path: str | None = None, tokenizer: Any = None,

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from vtbench.metrics.base import Batch, Metric, MetricValue, Output
+from vtbench.metrics.base import Batch, MetricContext, Metric, MetricValue, Output
 
 
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
@@ -27,6 +27,10 @@ class Speed(Metric):
         Output("decode_images_per_s", "Decode throughput", "img/s", True),
         Output("peak_memory_mb", "Peak memory", "MiB", False),
     )
+
+    @classmethod
+    def from_context(cls, ctx: MetricContext) -> "Speed":
+        return cls(device=ctx.device)
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
         super().__init__()

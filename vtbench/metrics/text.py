@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from vtbench.metrics.base import Batch, Metric, MetricUnavailable, MetricValue, Output
+from vtbench.metrics.base import Batch, MetricContext, Metric, MetricUnavailable, MetricValue, Output
 
 # TokBench (compute_all_metrics.py): relative-size edges per input resolution.
 TOKBENCH_EDGES = {"256": [0.02, 0.03, 0.04, 1.0], "512": [0.01, 0.02, 0.03, 1.0], "1024": [0.005, 0.01, 0.02, 1.0]}
@@ -148,6 +148,11 @@ class TextAccuracy(Metric):
         Output("text_ned", "Text NED (T-NED)", "fraction", True),
     )
 
+    @classmethod
+    def from_context(cls, ctx: MetricContext) -> "Metric":
+        return cls(settings=ctx.settings, device=ctx.device, reference_key=ctx.reference_key or "",
+                   resolution=ctx.resolution)
+
     def __init__(self, settings: Mapping[str, Any] | None = None, device: Any = "cpu", reference_key: str = "",
                  resolution: int | None = None):
         super().__init__()
@@ -244,6 +249,10 @@ class OCRErrorRate(Metric):
         Output("cer", "Character error rate", "fraction", False),
         Output("wer", "Word error rate", "fraction", False),
     )
+
+    @classmethod
+    def from_context(cls, ctx: MetricContext) -> "Metric":
+        return cls(settings=ctx.settings, device=ctx.device, reference_key=ctx.reference_key or "")
 
     def __init__(self, settings: Mapping[str, Any] | None = None, device: Any = "cpu", reference_key: str = ""):
         super().__init__()
