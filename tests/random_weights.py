@@ -1,7 +1,7 @@
 """Random weights in the official layout, so that every registered card runs the tokenizer contract without its
 real weights (as timm tests every model with ``pretrained=False``).
 
-A card whose weights are absent is scaled down by one generic helper (``scaled_card``: the family's ``RECIPES``
+A card whose weights are absent is scaled down by one generic helper (``scale_card``: the family's ``RECIPES``
 entry overrides widths, codebook sizes and token counts, never depth, so the parameter names stay those of the
 full-size model), given seeded random weights, written in the official file layout and loaded through the normal
 card path (``tokenizer_from_card``: weights resolution, the safe reader, wrapper, dropped training-only tensors,
@@ -41,15 +41,16 @@ NO_RANDOM_WEIGHTS: dict[str, str] = {}
 class Recipe:
     """How a family is scaled down for the contract: ``params`` override the card's (widths, codebook, tokens;
     not depth), ``size`` is the test image side, ``native`` keeps a native size (= ``size``) for models built
-    for one size, ``write(card, folder) -> weights path`` writes the random weights (default: ``official_file``)."""
+    for one size, ``write(card, folder) -> (weights path, state dict written)`` writes the random weights (default:
+    ``official_file``)."""
 
     params: dict[str, Any]
     size: int
     native: bool = False
-    write: Callable[[TokenizerCard, Path], Path] | None = None
+    write: Callable[[TokenizerCard, Path], tuple[Path, dict]] | None = None
 
 
-def _diffusers_folder(card: TokenizerCard, folder: Path) -> Path:
+def _diffusers_folder(card: TokenizerCard, folder: Path) -> tuple[Path, dict]:
     """A tiny diffusers AutoencoderKL folder (4 blocks of 32 channels: downsampling 8 as the real VAEs, 2 layers
     per block) with the latent channels of the card (16 without quant_conv for SD3.5 / FLUX, else 4)."""
     diffusers = pytest.importorskip("diffusers", reason="vae.* needs diffusers (pip install 'vtbench[diffusers]')")
@@ -61,7 +62,7 @@ def _diffusers_folder(card: TokenizerCard, folder: Path) -> Path:
         sample_size=32, use_quant_conv=latent == 4, use_post_quant_conv=latent == 4)
     root = folder / card.weights["file"]  # the repository folder; the card's subfolder (vae/) inside it
     perturbed(vae).save_pretrained(root / card.weights.get("subfolder", ""))
-    return root
+    return root, vae.state_dict()
 
 
 #: latent channels of the real VAEs that differ from SD's 4 (model cards / config.json of the hub folders)
@@ -80,7 +81,7 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def scaled_card(card: TokenizerCard, recipe: Recipe) -> TokenizerCard:
+def scale_card(card: TokenizerCard, recipe: Recipe) -> TokenizerCard:
     """``card`` with the recipe's parameter overrides; native size ``recipe.size`` or none (same size multiple)."""
     return dataclasses.replace(card, params={**card.params, **recipe.params},
                                native_size=recipe.size if recipe.native else None)
@@ -132,18 +133,19 @@ def official_state(card: TokenizerCard, model: torch.nn.Module) -> tuple[Any, di
         if k.startswith(dropped):
             shape = t.shape if math.prod(t.shape) <= 65536 else (1,) * t.ndim
             out[k] = torch.randn(shape, generator=g) if t.dtype.is_floating_point else torch.zeros(shape, dtype=t.dtype)
-    assert set(out) == set(probe), f"{card.name}: written names differ from the manifest's: {sorted(set(out) ^ set(probe))[:5]}"
+    assert set(out) == set(probe), (f"{card.name}: written names differ from the manifest's: "
+                                    f"{sorted(set(out) ^ set(probe))[:5]}")
     return ({manifest["wrapper"]: out} if manifest.get("wrapper") else out), manifest
 
 
-def official_file(card: TokenizerCard, folder: Path, seed: int = 0) -> Path:
+def official_file(card: TokenizerCard, folder: Path, seed: int = 0) -> tuple[Path, dict]:
     """Seeded random weights of ``card``'s architecture saved with torch.save in the official layout, under the
-    card's file name."""
+    card's file name; returns the path and the weights in the module's names."""
     model = perturbed(load_object(card.entry).build_model(dict(card.params)), seed)
     obj, _ = official_state(card, model)
     path = folder / Path(card.weights["file"]).name
     torch.save(obj, path)
-    return path
+    return path, model.state_dict()
 
 
 def contract_size(card: TokenizerCard) -> int:
@@ -151,11 +153,21 @@ def contract_size(card: TokenizerCard) -> int:
     return card.native_size or max(64, card.size_multiple * 8)
 
 
-def contract_tokenizer(card: TokenizerCard, folder: Path) -> tuple[Any, int, str]:
-    """(tokenizer, image side, what it runs on) for the contract: the real weights when they resolve, else
-    seeded random weights of the scaled card in the official layout. Fails for a card without a recipe."""
+@dataclass
+class Subject:
+    """What the contract runs on: the tokenizer, the image side, and for random weights the weights written (in
+    the module's names; None for real weights)."""
+
+    tok: Any
+    size: int
+    written: dict[str, torch.Tensor] | None = None
+
+
+def contract_tokenizer(card: TokenizerCard, folder: Path) -> Subject:
+    """The contract's subject: the real weights when they resolve, else seeded random weights of the scaled card
+    in the official layout, loaded through the card path. Fails for a card without a recipe."""
     try:
-        return tokenizer_from_card(card), contract_size(card), "real weights"
+        return Subject(tokenizer_from_card(card), contract_size(card))
     except MissingWeightsError as exc:
         absent = str(exc).splitlines()[0]
     if card.name in NO_RANDOM_WEIGHTS:
@@ -166,10 +178,10 @@ def contract_tokenizer(card: TokenizerCard, folder: Path) -> tuple[Any, int, str
         pytest.fail(f"{absent}, and there is no way to build random weights for it: add a RECIPES entry for "
                     f"family {card.family!r} (and a key manifest tokenizers/manifests/{card.name}.json) in "
                     f"tests/random_weights.py, or list it in NO_RANDOM_WEIGHTS with a reason")
-    scaled = scaled_card(card, recipe)
-    path = (recipe.write or official_file)(scaled, folder)
-    return tokenizer_from_card(scaled, weights=path), recipe.size, f"random weights, scaled ({path.name})"
+    scaled = scale_card(card, recipe)
+    path, written = (recipe.write or official_file)(scaled, folder)
+    return Subject(tokenizer_from_card(scaled, weights=path), recipe.size, written)
 
 
-__all__ = ["NO_RANDOM_WEIGHTS", "RECIPES", "Recipe", "contract_size", "contract_tokenizer", "official_file",
-           "official_state", "scaled_card"]
+__all__ = ["NO_RANDOM_WEIGHTS", "RECIPES", "Recipe", "Subject", "contract_size", "contract_tokenizer", "official_file",
+           "official_state", "scale_card"]

@@ -12,15 +12,15 @@ import torch
 
 from vtbench.config import get_card
 from vtbench.tokenizers import UnsupportedResolutionError, build_tokenizer, list_tokenizers
-from random_weights import RECIPES, contract_tokenizer
+from random_weights import RECIPES, Recipe, Subject, contract_tokenizer, official_file, scale_card
 
 ALL = list_tokenizers()
-_BUILT: dict[str, tuple] = {}
+_BUILT: dict[str, Subject] = {}
 
 
 @pytest.fixture
 def contract_tok(tmp_path_factory):
-    """(tokenizer, image side, what it runs on) for a card, built once per session."""
+    """The contract's subject for a card (random_weights.Subject), built once per session."""
     def get(name):
         if name not in _BUILT:
             _BUILT[name] = contract_tokenizer(get_card(name), tmp_path_factory.mktemp(name.replace(".", "-")))
@@ -37,7 +37,12 @@ def _images(n=2, size=64, seed=0):
 @pytest.mark.parametrize("name", ALL)
 def test_contract(name, contract_tok):
     card = get_card(name)
-    tok, size, _ = contract_tok(name)
+    subject = contract_tok(name)
+    tok, size = subject.tok, subject.size
+    if subject.written is not None:  # random weights: what the card path loaded is what was written
+        loaded = (tok.vae if card.family == "vae" else tok.model).state_dict()
+        assert loaded.keys() == subject.written.keys()
+        assert all(torch.equal(loaded[k], v) for k, v in subject.written.items())
     x = _images(2, size)
     tok.check_size(size, size)
     with torch.inference_mode():
@@ -78,15 +83,23 @@ def test_contract(name, contract_tok):
 
 @pytest.mark.parametrize("name", [n for n in ALL if get_card(n).native_size or get_card(n).size_multiple > 1])
 def test_unsupported_resolution_is_a_clear_error(name, contract_tok):
-    tok, size, _ = contract_tok(name)
+    tok, size = contract_tok(name).tok, contract_tok(name).size
     with pytest.raises(UnsupportedResolutionError, match="--preprocess|--resolution"):
         tok.check_size(size + 1, size + 1)
 
 
-def test_every_family_with_weights_has_a_recipe_and_recipes_are_used():
-    """Families whose cards name weights (other than bundled ones) can run without them; no stale recipe."""
+def test_no_stale_recipe():
+    """Every recipe belongs to a registered family whose cards name weights (a family without one fails
+    test_contract as soon as its weights are absent)."""
     needs = {c.family for c in map(get_card, ALL) if c.weights and not c.weights.get("bundled")}
-    assert needs == set(RECIPES)
+    assert set(RECIPES) <= needs
+
+
+def test_official_layout_is_checked_against_the_manifest(tmp_path):
+    """A scaled configuration that changes the parameter names (here: fewer res blocks) is refused."""
+    card = scale_card(get_card("llamagen.vq16"), Recipe({**RECIPES["llamagen"].params, "num_res_blocks": 1}, 32))
+    with pytest.raises(AssertionError, match="changed the parameter names"):
+        official_file(card, tmp_path)
 
 
 def test_a_card_without_random_weights_fails_not_skips(tmp_path):
