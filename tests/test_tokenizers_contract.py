@@ -1,5 +1,10 @@
-"""The tokenizer contract, checked for every registered tokenizer."""
+"""The tokenizer contract, checked for every registered tokenizer.
 
+Cards whose real weights are on this machine run at full size; the others run on seeded random weights of a
+scaled-down configuration of the same card, written in the official file layout and loaded through the card
+path (tests/random_weights.py). A card with no way to get random weights fails here."""
+
+import dataclasses
 import math
 
 import pytest
@@ -7,9 +12,20 @@ import torch
 
 from vtbench.config import get_card
 from vtbench.tokenizers import UnsupportedResolutionError, build_tokenizer, list_tokenizers
-from vtbench.tokenizers.weights import MissingWeightsError
+from random_weights import RECIPES, Recipe, Subject, contract_tokenizer, official_file, scale_card
 
 ALL = list_tokenizers()
+_BUILT: dict[str, Subject] = {}
+
+
+@pytest.fixture
+def contract_tok(tmp_path_factory):
+    """The contract's subject for a card (random_weights.Subject), built once per session."""
+    def get(name):
+        if name not in _BUILT:
+            _BUILT[name] = contract_tokenizer(get_card(name), tmp_path_factory.mktemp(name.replace(".", "-")))
+        return _BUILT[name]
+    return get
 
 
 def _images(n=2, size=64, seed=0):
@@ -18,18 +34,15 @@ def _images(n=2, size=64, seed=0):
     return torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def _size(card):
-    return card.native_size or max(64, card.size_multiple * 8)
-
-
 @pytest.mark.parametrize("name", ALL)
-def test_contract(name):
+def test_contract(name, contract_tok):
     card = get_card(name)
-    try:
-        tok = build_tokenizer(name)
-    except MissingWeightsError as exc:  # official checkpoints are not on this machine
-        pytest.skip(f"weights absent: {str(exc).splitlines()[0]}")
-    size = _size(card)
+    subject = contract_tok(name)
+    tok, size = subject.tok, subject.size
+    if subject.written is not None:  # random weights: what the card path loaded is what was written
+        loaded = (tok.vae if card.family == "vae" else tok.model).state_dict()
+        assert loaded.keys() == subject.written.keys()
+        assert all(torch.equal(loaded[k], v) for k, v in subject.written.items())
     x = _images(2, size)
     tok.check_size(size, size)
     with torch.inference_mode():
@@ -47,6 +60,8 @@ def test_contract(name):
         assert 0 <= int(t.codes.min()) and int(t.codes.max()) < t.codebook_size
         per_image = t.codes[0].numel()
         assert torch.allclose(t.bits, torch.full((2,), per_image * math.log2(t.codebook_size), dtype=torch.float64))
+    if t.latents is not None:
+        assert t.latents.shape[0] == 2 and torch.isfinite(t.latents).all()
     # deterministic
     with torch.inference_mode():
         t2 = tok.encode(x)
@@ -54,18 +69,43 @@ def test_contract(name):
     assert torch.equal(y, y2) and torch.equal(t.bits, t2.bits)
     if t.codes is not None:
         assert torch.equal(t.codes, t2.codes)
+    # batch independence: the second image alone gives its codes / latents and reconstruction of the pair
+    with torch.inference_mode():
+        t1 = tok.encode(x[1:])
+        y1 = tok.decode(t1)
+    assert torch.equal(t1.bits, t.bits[1:]) and t1.tokens_per_image == t.tokens_per_image
+    if t.codes is not None:
+        assert torch.equal(t1.codes, t.codes[1:])
+    if t.latents is not None:
+        assert torch.allclose(t1.latents.float(), t.latents[1:].float(), atol=1e-3, rtol=1e-3)
+    assert torch.allclose(y1, y[1:], atol=1e-4)
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if get_card(n).native_size or get_card(n).size_multiple > 1])
-def test_unsupported_resolution_is_a_clear_error(name):
-    card = get_card(name)
-    bad = (card.native_size or 64) + 1
-    try:
-        tok = build_tokenizer(name)
-    except MissingWeightsError as exc:
-        pytest.skip(str(exc).splitlines()[0])
+def test_unsupported_resolution_is_a_clear_error(name, contract_tok):
+    tok, size = contract_tok(name).tok, contract_tok(name).size
     with pytest.raises(UnsupportedResolutionError, match="--preprocess|--resolution"):
-        tok.check_size(bad, bad)
+        tok.check_size(size + 1, size + 1)
+
+
+def test_no_stale_recipe():
+    """Every recipe belongs to a registered family whose cards name weights (a family without one fails
+    test_contract as soon as its weights are absent)."""
+    needs = {c.family for c in map(get_card, ALL) if c.weights and not c.weights.get("bundled")}
+    assert set(RECIPES) <= needs
+
+
+def test_official_layout_is_checked_against_the_manifest(tmp_path):
+    """A scaled configuration that changes the parameter names (here: fewer res blocks) is refused."""
+    card = scale_card(get_card("llamagen.vq16"), Recipe({**RECIPES["llamagen"].params, "num_res_blocks": 1}, 32))
+    with pytest.raises(AssertionError, match="changed the parameter names"):
+        official_file(card, tmp_path)
+
+
+def test_a_card_without_random_weights_fails_not_skips(tmp_path):
+    card = dataclasses.replace(get_card("llamagen.vq16"), name="newfamily.x", family="newfamily", variant="x")
+    with pytest.raises(pytest.fail.Exception, match="no way to build random weights.*newfamily"):
+        contract_tokenizer(card, tmp_path)
 
 
 def test_identity_is_exact_and_raw_bits():

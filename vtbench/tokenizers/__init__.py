@@ -30,7 +30,12 @@ def build_tokenizer(name: str, *, weights: str | Path | None = None, trust: bool
                     device: str | torch.device = "cpu") -> Tokenizer:
     """Construct the adapter for ``name`` (``family.variant``); weights resolve as ``vtbench.tokenizers.weights`` says."""
     from vtbench.config import get_card
-    card = get_card(name)
+    return tokenizer_from_card(get_card(name), weights=weights, trust=trust, device=device)
+
+
+def tokenizer_from_card(card: TokenizerCard, *, weights: str | Path | None = None, trust: bool = False,
+                        device: str | torch.device = "cpu") -> Tokenizer:
+    """Construct the adapter a card's ``entry`` names (the path ``build_tokenizer`` takes; tests pass scaled cards)."""
     cls = load_object(card.entry)
     if not (isinstance(cls, type) and issubclass(cls, Tokenizer)):
         raise TypeError(f"{card.card_path}: entry {card.entry!r} is not a vtbench Tokenizer subclass")
@@ -38,4 +43,5 @@ def build_tokenizer(name: str, *, weights: str | Path | None = None, trust: bool
     return tok.to(device)
 
 
-__all__ = ["PerturbationUnsupported", "Tokenizer", "TokenizerCard", "Tokens", "UnsupportedResolutionError", "build_tokenizer", "list_tokenizers"]
+__all__ = ["PerturbationUnsupported", "Tokenizer", "TokenizerCard", "Tokens", "UnsupportedResolutionError",
+           "build_tokenizer", "list_tokenizers", "tokenizer_from_card"]
