@@ -120,6 +120,7 @@ def test_entry_point_plugins(tmp_path, monkeypatch):
     cards = all_cards()
     assert "plug.v" in cards and cards["plug.v"].card_path.endswith("plug.toml")
     (dist / "entry_points.txt").write_text("[vtbench.cards]\ndemo = vtb_plugin_demo:BAD\n")
+    cards_mod._entry_point_paths_on.cache_clear()  # scanned once per search path; this one changed in place
     with pytest.raises(CardError, match=r"entry point 'demo'.*must be a path .* got 42"):
         cards_mod._entry_point_paths()
 

@@ -201,6 +201,12 @@ def use_cards(paths: Iterable[str | Path] | None) -> None:
 def _entry_point_paths() -> list[tuple[str, str]]:
     """``(origin, path)`` for every ``vtbench.cards`` entry point: each names a folder or card file (str or
     PathLike), or a list of them (e.g. ``mypkg.cards:CARDS`` with ``CARDS = Path(__file__).parent``)."""
+    return list(_entry_point_paths_on(tuple(sys.path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _entry_point_paths_on(search_path: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    # scanning installed distributions costs ~30 ms: once per search path, not at every card look-up
     from importlib.metadata import entry_points
     out = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -213,7 +219,7 @@ def _entry_point_paths() -> list[tuple[str, str]]:
         if not isinstance(items, (list, tuple)) or not all(isinstance(p, (str, os.PathLike)) for p in items):
             raise CardError(f"{origin}: must be a path (card file or folder) or a list of paths, got {obj!r}")
         out += [(origin, os.fspath(p)) for p in items]
-    return out
+    return tuple(out)
 
 
 def card_sources() -> list[tuple[str, str]]:
@@ -282,7 +288,8 @@ def load_entry(card: TokenizerCard) -> Any:
     path = (Path(card.card_path).parent / module).resolve()
     if not path.is_file():
         raise CardError(f"{card.card_path}: variant {card.variant!r}: entry file {path} does not exist")
-    mod_name = f"vtbench_card_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]  # one module per file, whatever its name
+    mod_name = f"vtbench_card_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{digest}"
     mod = sys.modules.get(mod_name)
     if mod is None:
         spec = importlib.util.spec_from_file_location(mod_name, path)
