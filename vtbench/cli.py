@@ -42,7 +42,8 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def _use_cards(cards: Optional[list[Path]]) -> None:
     """Add ``--cards`` paths and load every card once, so a broken card or a clash fails here (exit 2)."""
-    from vtbench.cards import CardError, all_cards, use_cards
+    from vtbench.cards import CardError, use_cards
+    from vtbench.config import all_cards
     use_cards(cards)
     try:
         all_cards()
@@ -54,7 +55,7 @@ def _check_tokenizer(name: Optional[str]) -> None:
     """Exit 2 with a did-you-mean for an unknown tokenizer name (before any heavy import)."""
     if name is None:
         return
-    from vtbench.cards import get_card
+    from vtbench.config import get_card
     from vtbench.registry import UnknownNameError
     try:
         get_card(name)
@@ -116,8 +117,7 @@ def run(
 ) -> None:
     """Evaluate tokenizers on a dataset (no arguments: all default reference/tiny tokenizers on the embedded data)."""
     _use_cards(cards)
-    from vtbench.cards import get_card
-    from vtbench.config import ProtocolError, load_protocol, protocol_for_task
+    from vtbench.config import ProtocolError, get_card, load_protocol, protocol_for_task
     from vtbench.registry import UnknownNameError
     from vtbench.tokenizers import list_tokenizers
 
@@ -353,7 +353,7 @@ def ls_tokenizers(pattern: Optional[str] = typer.Argument(None), as_json: bool =
                   cards_opt: Optional[list[Path]] = typer.Option(None, "--cards", help=CARDS_HELP)) -> None:
     """Declared tokenizer variants (tokenizers/*.toml, plus --cards, $VTBENCH_CARDS and plugins)."""
     _use_cards(cards_opt)
-    from vtbench.cards import all_cards
+    from vtbench.config import all_cards
     from vtbench.tokenizers import list_tokenizers
     from vtbench.tokenizers.weights import local_weights
     cards = all_cards()
@@ -411,7 +411,7 @@ def info(name: str, as_json: bool = typer.Option(False, "--json"),
     """Show a tokenizer's card."""
     _use_cards(cards)
     _check_tokenizer(name)
-    from vtbench.cards import get_card
+    from vtbench.config import get_card
     card = get_card(name)
     d = card.to_dict()
     if as_json:

@@ -25,7 +25,7 @@ def __getattr__(name: str) -> Any:  # PEP 562: ``from vtbench.tokenizers import 
 
 def list_tokenizers(pattern: str | None = None, *, default_run: bool | None = None) -> list[str]:
     """Names of all declared variants, optionally filtered by a wildcard pattern or default-run membership."""
-    from vtbench.cards import all_cards
+    from vtbench.config import all_cards  # (config re-exports vtbench.cards; tests patch it there)
     names = []
     for name, card in sorted(all_cards().items()):
         if pattern and not fnmatch.fnmatch(name, pattern) and not fnmatch.fnmatch(card.family, pattern):
@@ -39,7 +39,8 @@ def list_tokenizers(pattern: str | None = None, *, default_run: bool | None = No
 def build_tokenizer(name: str, *, weights: str | Path | None = None, trust: bool = False,
                     device: str | torch.device = "cpu") -> Tokenizer:
     """Construct the adapter for ``name`` (``family.variant``); weights resolve as ``vtbench.tokenizers.weights`` says."""
-    from vtbench.cards import get_card, load_entry
+    from vtbench.cards import load_entry
+    from vtbench.config import get_card
     from vtbench.tokenizers.base import Tokenizer
     card = get_card(name)
     cls = load_entry(card)
