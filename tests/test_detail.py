@@ -339,8 +339,9 @@ def test_mixed_image_sizes_accumulate():
 def test_protocol_file_matches_the_defaults():
     doc = tomllib.loads(PROTOCOL.read_text())
     assert doc["name"] == "detail" and doc["version"] == "1.0" and doc["task"] == "detail"
-    assert doc["preprocessing"] == {"policy": "native-or-pad", "resolution": 256, "seed": 0}
-    assert doc["reconstruction"]["quantisation"] == "uint8"
+    assert doc["preprocessing"] == {"policy": "native-or-pad", "resolution": 256}
+    # fixed behaviour, documented under [notes] (not settings)
+    assert doc["notes"]["preprocessing"] == {"seed": 0} and doc["notes"]["reconstruction"]["quantisation"] == "uint8"
     assert doc["metrics"]["default"] == ["psnr", "ssim", "lpips", "detail", "compression"]
     assert doc["detail"] == DEFAULT_SETTINGS
     assert [o.key for o in Detail(doc["detail"]).outputs] == [o.key for o in Detail.outputs]

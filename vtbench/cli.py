@@ -1,6 +1,8 @@
 """The ``vtbench`` command line (typer). Thin: parsing and printing only; the work is in the library.
 
-Machine-readable output (``--json``) goes to stdout; progress and logs go to stderr.
+Machine-readable output (``--json``) goes to stdout; progress and logs go to stderr. Arguments are checked before
+anything heavy is imported (torch, metrics, adapters load inside the commands that need them), so ``--help``, a
+misspelt name, ``ls`` and ``info`` answer in well under a second.
 """
 
 from __future__ import annotations
@@ -20,6 +22,45 @@ ls_app = typer.Typer(help="List tokenizers, metrics, protocols or preprocessing 
 app.add_typer(ls_app, name="ls")
 
 log = logging.getLogger("vtbench")
+
+CARDS_HELP = ("Card file or folder of cards (*.toml) to add to the built-in ones (repeatable); also "
+              "$VTBENCH_CARDS (os.pathsep-separated) and installed packages' 'vtbench.cards' entry points.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vtbench import __version__
+        typer.echo(f"vtbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Benchmark and evaluate visual tokenizers."""
+
+
+def _use_cards(cards: Optional[list[Path]]) -> None:
+    """Add ``--cards`` paths and load every card once, so a broken card or a clash fails here (exit 2)."""
+    from vtbench.cards import CardError, use_cards
+    from vtbench.config import all_cards
+    use_cards(cards)
+    try:
+        all_cards()
+    except CardError as exc:
+        _fail(str(exc), 2)
+
+
+def _check_tokenizer(name: Optional[str]) -> None:
+    """Exit 2 with a did-you-mean for an unknown tokenizer name (before any heavy import)."""
+    if name is None:
+        return
+    from vtbench.config import get_card
+    from vtbench.registry import UnknownNameError
+    try:
+        get_card(name)
+    except UnknownNameError as exc:
+        _fail(str(exc), 2)
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
@@ -70,20 +111,21 @@ def run(
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    cards: Optional[list[Path]] = typer.Option(None, "--cards", help=CARDS_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Evaluate tokenizers on a dataset (no arguments: all default reference/tiny tokenizers on the embedded data)."""
-    _setup_logging(verbose, quiet or as_json)
+    _use_cards(cards)
+    from vtbench.config import ProtocolError, get_card, load_protocol, protocol_for_task
     from vtbench.registry import UnknownNameError
-    from vtbench.report import rich_table, summary_html
-    from vtbench.runner import RunConfig, run as run_eval
     from vtbench.tokenizers import list_tokenizers
 
+    # names, task and protocol are checked before the runner (torch, metrics) is imported
     try:
         names: list[str] = []
         for t in tokenizer or []:
-            matched = list_tokenizers(t) if any(c in t for c in "*?[") else [t]
+            matched = list_tokenizers(t) if any(c in t for c in "*?[") else [get_card(t).name]
             if not matched:
                 _fail(f"no tokenizer matches {t!r} (see `vtbench ls tokenizers`)", 2)
             names += matched
@@ -91,11 +133,20 @@ def run(
         if weights and len(names) != 1:
             _fail("--weights applies to exactly one --tokenizer", 2)
         if task is not None:
-            from vtbench.config import load_protocol, protocol_for_task
             chosen = protocol_for_task(task)
             if protocol is not None and load_protocol(protocol).task != task:
                 _fail(f"--protocol {protocol} is not a {task!r} protocol (use --protocol {chosen} or drop one)", 2)
             protocol = protocol or chosen
+        load_protocol(protocol or "reconstruction")
+    except UnknownNameError as exc:
+        _fail(str(exc), 2)
+    except ProtocolError as exc:
+        _fail(str(exc), 2)
+
+    _setup_logging(verbose, quiet or as_json)
+    from vtbench.report import rich_table, summary_html
+    from vtbench.runner import RunConfig, run as run_eval
+    try:
         cfg = RunConfig(data=data, metrics=metrics.split(",") if metrics else None,
                         protocol=protocol or "reconstruction", annotations=annotations,
                         preprocess=preprocess, resolution=resolution, limit=limit, seed=seed,
@@ -184,16 +235,19 @@ def gfid(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    cards: Optional[list[Path]] = typer.Option(None, "--cards", help=CARDS_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """gFID, sFID, Inception Score, precision and recall of generated samples (the ADM evaluation suite)."""
+    _use_cards(cards)
+    _check_tokenizer(tokenizer)
+    resize = _resize_mode(resize)
     _setup_logging(verbose, quiet or as_json)
     from vtbench.gfid import gfid_run, result_path
     from vtbench.metrics import MetricUnavailable
     from vtbench.registry import UnknownNameError
     from vtbench.runner import resolve_device
-    resize = _resize_mode(resize)
     try:
         rec = gfid_run(samples, ref, name=name, out=out, tokenizer=tokenizer, weights=weights, resolution=resolution,
                        limit=limit, ref_limit=ref_limit, seed=seed, batch_size=batch_size,
@@ -296,8 +350,10 @@ def compare(
 
 
 @ls_app.command("tokenizers")
-def ls_tokenizers(pattern: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
-    """Declared tokenizer variants (from tokenizers/*.toml)."""
+def ls_tokenizers(pattern: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json"),
+                  cards_opt: Optional[list[Path]] = typer.Option(None, "--cards", help=CARDS_HELP)) -> None:
+    """Declared tokenizer variants (tokenizers/*.toml, plus --cards, $VTBENCH_CARDS and plugins)."""
+    _use_cards(cards_opt)
     from vtbench.config import all_cards
     from vtbench.tokenizers import list_tokenizers
     from vtbench.tokenizers.weights import local_weights
@@ -308,7 +364,8 @@ def ls_tokenizers(pattern: Optional[str] = typer.Argument(None), as_json: bool =
         typer.echo(json.dumps([{"name": n, "kind": cards[n].kind, "default_run": cards[n].default_run,
                                 "weights_file": (cards[n].weights or {}).get("file"),
                                 "weights_local": str(found[n]) if found[n] else None,
-                                "description": cards[n].description} for n in names], indent=2))
+                                "description": cards[n].description, "card_path": cards[n].card_path}
+                               for n in names], indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -339,7 +396,7 @@ def ls_protocols() -> None:
     from vtbench.config import list_protocols, load_protocol
     for p in list_protocols():
         proto = load_protocol(p)
-        typer.echo(f"{proto.name}@{proto.version}  task={proto.task}")
+        typer.echo(f"{proto.name}@{proto.version}  task={proto.task}  {proto.description}".rstrip())
 
 
 @ls_app.command("policies")
@@ -350,14 +407,13 @@ def ls_policies() -> None:
 
 
 @app.command()
-def info(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def info(name: str, as_json: bool = typer.Option(False, "--json"),
+         cards: Optional[list[Path]] = typer.Option(None, "--cards", help=CARDS_HELP)) -> None:
     """Show a tokenizer's card."""
+    _use_cards(cards)
+    _check_tokenizer(name)
     from vtbench.config import get_card
-    from vtbench.registry import UnknownNameError
-    try:
-        card = get_card(name)
-    except UnknownNameError as exc:
-        _fail(str(exc), 2)
+    card = get_card(name)
     d = card.to_dict()
     if as_json:
         typer.echo(json.dumps(d, indent=2))
@@ -466,18 +522,22 @@ def probe(
     seed: int = typer.Option(0, "--seed"),
     force: bool = typer.Option(False, "--force", help="Train from scratch (drops the checkpoint and result; keeps the token cache)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    cards: Optional[list[Path]] = typer.Option(None, "--cards", help=CARDS_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """AR probe (gFID tier B): train a fixed class-conditional GPT on the tokenizer's codes, sample, decode, score.
 
     Multi-GPU: torchrun --nproc_per_node=8 -m vtbench.cli probe TOKENIZER --size B ..."""
+    _use_cards(cards)
+    _check_tokenizer(tokenizer)
+    resize = _resize_mode(resize)
     _setup_logging(verbose, quiet or as_json)
     from vtbench.metrics import MetricUnavailable
     from vtbench.probe import CheckpointMismatch, ProbeConfig, run_probe
     from vtbench.registry import UnknownNameError
     cfg = ProbeConfig(tokenizer=tokenizer, data=data, size=size, val_data=val_data, reference=reference,
-                      resize=_resize_mode(resize), resolution=resolution, limit=limit, seed=seed, steps=steps, epochs=epochs, cfg_scale=cfg_scale,
+                      resize=resize, resolution=resolution, limit=limit, seed=seed, steps=steps, epochs=epochs, cfg_scale=cfg_scale,
                       cfg_search=cfg_search, samples_per_class=samples_per_class, weights=weights,
                       trust_checkpoint=trust_checkpoint, device=device, out=out, force=force,
                       progress=not (quiet or as_json))

@@ -1,4 +1,4 @@
-"""The tokenizer contract: cards, the ``Tokens`` value, and the ``Tokenizer`` base class.
+"""The tokenizer contract: the ``Tokens`` value, and the ``Tokenizer`` base class.
 
 Every adapter takes float NCHW RGB images in [0, 1] and returns [0, 1] images from ``decode``; range
 conversion to the model's own convention is the adapter's job. ``Tokens`` carries the codes with their
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-KINDS = ("vq", "rvq", "multiscale", "fsq", "lfq", "scalar", "continuous", "codec", "reference")
+from vtbench.cards import KINDS, TokenizerCard  # noqa: F401 (the card record lives in cards.py, torch-free)
 
 
 class UnsupportedResolutionError(ValueError):
@@ -27,39 +27,6 @@ class PerturbationUnsupported(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass
-class TokenizerCard:
-    """One tokenizer variant as declared in a ``tokenizers/*.toml`` card."""
-
-    name: str  # "family.variant"
-    family: str
-    variant: str
-    kind: str
-    entry: str  # "module:Class" of the adapter
-    description: str = ""
-    source: str = ""
-    license: str = ""
-    params: dict[str, Any] = field(default_factory=dict)
-    weights: dict[str, Any] | None = None  # file, sha256, url, hub_repo, hub_filename, size_bytes
-    native_size: int | None = None  # None: any size (subject to ``size_multiple``)
-    size_multiple: int = 1
-    input_range: str = "[0,1]"
-    reference: bool = False  # identity / resize / codec rows: bounds, not tokenizers
-    default_run: bool = False
-    published: list[dict[str, Any]] = field(default_factory=list)
-    card_path: str = ""
-    raw: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "family": self.family, "variant": self.variant, "kind": self.kind,
-            "description": self.description, "source": self.source, "license": self.license,
-            "params": self.params, "weights": self.weights, "native_size": self.native_size,
-            "size_multiple": self.size_multiple, "input_range": self.input_range,
-            "reference": self.reference, "published": self.published, "card_path": self.card_path,
-        }
 
 
 @dataclass

@@ -16,10 +16,10 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-import torch
-
+if TYPE_CHECKING:  # torch loads with the first checkpoint: resolving and listing weights stays torch-free
+    import torch
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -227,6 +227,8 @@ def load_official_checkpoint(path: str | Path, *, trust: bool = False, inert: bo
 
     Refusals raise ``UntrustedCheckpointError`` whose ``rule`` names the check that refused the file.
     """
+    import torch
+
     from vtbench.tokenizers.safe_pickle import RefusedCheckpoint, read_zip_inert
 
     path = Path(path)
@@ -294,6 +296,8 @@ def convert_to_safetensors(src: str | Path, dst: str | Path, *, trust: bool = Fa
     Non-tensor entries (optimiser counters, configs, placeholders) are not carried and are counted. Returns a
     summary (tensors, skipped, load mode, source sha256).
     """
+    import torch
+
     from safetensors.torch import save_file
 
     from vtbench.hashing import sha256sum
@@ -385,6 +389,8 @@ def extract_state_dict(obj: Any, *, prefer: Iterable[str] = ("ema", "model", "st
     remaining names (``module.`` from DDP, ``model.`` from wrappers). Non-tensor entries of the chosen dict
     (counters, configs) are dropped and counted under ``<non-tensor>``.
     """
+    import torch
+
     prefer = tuple(prefer)
     wrapper = None
     cur = obj
