@@ -51,7 +51,7 @@ def test_example_tokenizer_through_the_cli_matches_a_direct_computation(tmp_path
     assert r.exit_code == 0, r.output
     obj = json.loads(r.stdout)
     assert obj["tokenizer"] == "mytok.v1" and obj["n"] == 2 and obj["protocol"].startswith("reconstruction@")
-    rows = {row["id"]: row for row in csv.DictReader(open(tmp_path / "embedded" / "mytok.v1" / "samples.csv"))}
+    rows = {row["id"]: row for row in csv.DictReader(open(Path(obj["result"]).parent / "samples.csv"))}
 
     # the same two images, preprocessed as the protocol says (ADM centre crop at 256)
     from vtbench.config import load_protocol
