@@ -392,7 +392,8 @@ def test_native_or_pad_follows_the_tokenizer():
 
 
 def test_get_policy_errors_and_describe():
-    assert set(POLICIES) == {"adm-center-crop", "resize-cover-crop", "pad-restore", "native", "native-or-pad"}
+    assert set(POLICIES) == {"adm-center-crop", "resize-cover-crop", "pad-restore", "native", "native-or-pad",
+                             "torchvision-resize-crop"}
     with pytest.raises(UnknownNameError) as ei:
         get_policy("pad-restor", 256)
     assert "pad-restore" in str(ei.value)
@@ -693,3 +694,23 @@ def test_bad_specs(tmp_path):
         open_dataset(tmp_path / "bad.parquet", pol)
     with pytest.raises(TypeError):
         open_dataset(tmp_path, "native")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("interp,ratio,size", [("lanczos", 1.125, (500, 375)), ("bilinear", 1.0, (333, 480)),
+                                                ("bicubic", 1.0, (256, 256))])
+def test_torchvision_resize_crop_matches_its_definition_in_pil(interp, ratio, size):
+    """torchvision's Resize(short side) + CenterCrop, written out with PIL: long side int(r * long / short),
+    crop offset round((dim - S) / 2)."""
+    from PIL import Image
+    w, h = size
+    img = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    pol = get_policy("torchvision-resize-crop", 256, interpolation=interp, resize_ratio=ratio)
+    r = round(ratio * 256)
+    nw, nh = (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
+    res = {"lanczos": Image.LANCZOS, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[interp]
+    big = np.asarray(Image.fromarray(img).resize((nw, nh), resample=res))
+    top, left = int(round((nh - 256) / 2.0)), int(round((nw - 256) / 2.0))
+    np.testing.assert_array_equal(pol.prepare(img), big[top:top + 256, left:left + 256])
+    assert pol.describe()["interpolation"] == interp and pol.describe()["resize_ratio"] == ratio
+    with pytest.raises(UnknownNameError):
+        get_policy("torchvision-resize-crop", 256, interpolation="lanczso")

@@ -64,6 +64,7 @@ class TokenizerCard:
     reference: bool = False  # identity / resize / codec rows: bounds, not tokenizers
     default_run: bool = False
     published: list[dict[str, Any]] = field(default_factory=list)
+    official_preprocessing: dict[str, Any] | None = None  # see OFFICIAL_PREPROCESSING_FIELDS
     card_path: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -73,7 +74,8 @@ class TokenizerCard:
             "description": self.description, "source": self.source, "license": self.license,
             "params": self.params, "weights": self.weights, "native_size": self.native_size,
             "size_multiple": self.size_multiple, "input_range": self.input_range,
-            "reference": self.reference, "published": self.published, "card_path": self.card_path,
+            "reference": self.reference, "published": self.published,
+            "official_preprocessing": self.official_preprocessing, "card_path": self.card_path,
         }
 
 
@@ -83,6 +85,13 @@ CARD_FIELDS: dict[str, tuple[type, ...]] = {
     "kind": (str,), "entry": (str,), "description": (str,), "source": (str,), "license": (str,),
     "params": (dict,), "weights": (dict,), "native_size": (int,), "size_multiple": (int,),
     "input_range": (str,), "reference": (bool,), "default_run": (bool,), "published": (list,),
+    "official_preprocessing": (dict,),
+}
+# how the family's official evaluation preprocesses images, where it differs from the protocol's policy: a
+# vtbench policy that reproduces it (with its parameters), where that is written in the official code, and why
+# it matters; tests/test_calibration.py uses it to reproduce the family's published numbers
+OFFICIAL_PREPROCESSING_FIELDS: dict[str, tuple[type, ...]] = {
+    "policy": (str,), "interpolation": (str,), "resize_ratio": _NUM, "source": (str,), "note": (str,),
 }
 # read by vtbench.tokenizers.weights (resolution), official.py (sha256 check), ls/info (file); size_bytes and
 # url are shown in the missing-weights message and the leaderboard
@@ -126,6 +135,11 @@ def _check_level(table: Mapping[str, Any], where: str, extra: Iterable[str] = ()
     check_table(table, CARD_FIELDS, where, extra)
     if isinstance(table.get("weights"), dict):
         check_table(table["weights"], WEIGHTS_FIELDS, f"{where}: [weights]")
+    if isinstance(table.get("official_preprocessing"), dict):
+        check_table(table["official_preprocessing"], OFFICIAL_PREPROCESSING_FIELDS,
+                    f"{where}: [official_preprocessing]")
+        if "policy" not in table["official_preprocessing"]:
+            raise CardError(f"{where}: [official_preprocessing] needs 'policy' (a vtbench preprocessing policy)")
     for i, entry in enumerate(table.get("published") or []):
         w = f"{where}: published[{i}]"
         if not isinstance(entry, dict):

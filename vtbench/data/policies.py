@@ -32,6 +32,13 @@ Policies:
     antialiased interpolation on float tensors (``torch.nn.functional.interpolate``) and clamps to [0, 1].
     ``from_model`` resizes SxS back to LxL the same way, removes the padding and clamps, so metrics run at the
     original resolution. When L == S no resizing happens.
+``torchvision-resize-crop``
+    torchvision's ``Resize(round(resize_ratio * S), interpolation)`` (short side; the long side truncated as
+    torchvision computes it) then ``CenterCrop(S)`` (offset ``round((dim - S) / 2)``), on the PIL image, by
+    torchvision itself. Parameters ``interpolation`` (``bilinear`` default, ``bicubic``, ``lanczos``) and
+    ``resize_ratio`` (1.0 default). The official evaluation transforms of RQ-VAE (``Resize(256)`` bilinear,
+    ``CenterCrop(256)``) and VAR (``Resize(288, LANCZOS)``, ``CenterCrop(256)``: ratio 1.125); cards state them
+    under ``official_preprocessing`` and calibration uses them.
 ``native``
     No resizing at all: the tokenizer sees the image at its own size (it must accept that size).
     ``to_model``/``from_model``: /255 and clamp.
@@ -51,7 +58,8 @@ from vtbench.registry import UnknownNameError, did_you_mean
 __all__ = ["POLICIES", "Policy", "AdmCenterCrop", "ResizeCoverCrop", "PadRestore", "Native", "NativeOrPad",
            "get_policy"]
 
-POLICIES: tuple[str, ...] = ("adm-center-crop", "resize-cover-crop", "pad-restore", "native", "native-or-pad")
+POLICIES: tuple[str, ...] = ("adm-center-crop", "resize-cover-crop", "pad-restore", "native", "native-or-pad",
+                              "torchvision-resize-crop")
 
 
 def _check_hwc(img: np.ndarray) -> np.ndarray:
@@ -264,8 +272,34 @@ class NativeOrPad(Policy):
                 "otherwise": {"name": "pad-restore", **self._pad.params()}, "pad_value": self._pad.pad_value}
 
 
+class TorchvisionResizeCrop(Policy):
+    name = "torchvision-resize-crop"
+    INTERPOLATIONS = ("bilinear", "bicubic", "lanczos")
+
+    def __init__(self, resolution: int | None, interpolation: str = "bilinear", resize_ratio: float = 1.0):
+        super().__init__(resolution)
+        if interpolation not in self.INTERPOLATIONS:
+            raise UnknownNameError(did_you_mean(str(interpolation), self.INTERPOLATIONS, "interpolation"))
+        if isinstance(resize_ratio, bool) or not isinstance(resize_ratio, (int, float)) or resize_ratio < 1:
+            raise ValueError(f"resize_ratio must be a number >= 1 (the resize before the crop), got {resize_ratio!r}")
+        self.interpolation, self.resize_ratio = interpolation, float(resize_ratio)
+
+    def prepare(self, img: np.ndarray) -> np.ndarray:
+        import torchvision.transforms.functional as TF
+        from torchvision.transforms import InterpolationMode
+        img = _check_hwc(img)
+        mode = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
+                "lanczos": InterpolationMode.LANCZOS}[self.interpolation]
+        pil = TF.resize(Image.fromarray(img), round(self.resize_ratio * self.resolution), interpolation=mode)
+        return np.ascontiguousarray(np.asarray(TF.center_crop(pil, [self.resolution, self.resolution])))
+
+    def params(self) -> dict[str, Any]:
+        return {"interpolation": self.interpolation, "resize_ratio": self.resize_ratio,
+                "reference": "torchvision Resize(round(ratio*S)) + CenterCrop(S) on PIL images"}
+
+
 _CLASSES: dict[str, type[Policy]] = {c.name: c for c in (AdmCenterCrop, ResizeCoverCrop, PadRestore, Native,
-                                                         NativeOrPad)}
+                                                         NativeOrPad, TorchvisionResizeCrop)}
 assert tuple(_CLASSES) == POLICIES
 
 
