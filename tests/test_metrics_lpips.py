@@ -167,7 +167,7 @@ def test_missing_backbone_raises_with_file_and_fix(isolated_env):
     with pytest.raises(MetricUnavailable) as err:
         LPIPSMetric("alex")
     reason = err.value.reason
-    assert "alexnet-owt-7be5be79.pth" in reason and "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in reason
+    assert "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in reason  # names the file and its URL
     assert "VTBENCH_OFFLINE=1" in reason  # conftest keeps tests offline: the reason says which switch
     assert str(isolated_env / "torch_home" / "hub" / "checkpoints") in reason  # where it was looked for
     assert "torchvision.models.alexnet(weights='IMAGENET1K_V1')" in reason and vl.BACKBONE_ENV in reason

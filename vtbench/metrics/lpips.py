@@ -263,7 +263,8 @@ def resolve_backbone(net: str = "alex", backbone_path: str | Path | None = None,
         why = "downloading was not allowed by the caller"
     elif not downloads_allowed():
         off = offline_switches()
-        why = f"downloads are off ({', '.join(off)}; unset {'it' if len(off) == 1 else 'them'} to let vtbench download it)"
+        why = (f"downloads are off ({', '.join(off)}; unset {'it' if len(off) == 1 else 'them'} to let vtbench "
+               "download it)")
     elif spec.url in _FAILED_DOWNLOADS:
         why = f"its download failed earlier in this process: {_FAILED_DOWNLOADS[spec.url]}"
     else:
