@@ -1,14 +1,20 @@
-"""LPIPS: parity with the ``lpips`` package on the same weights, weights resolution, and the metric contract.
+"""LPIPS: parity with the ``lpips`` package on the same weights, weights resolution (download included), and the
+metric contract.
 
 ImageNet backbone weights cannot be downloaded here, so every test uses randomly initialised backbones (seeded)
-with the package's bundled v0.1 linear heads, or random non-negative heads where the package is absent.
+with the package's bundled v0.1 linear heads, or random non-negative heads where the package is absent. The
+download tests replace torchvision's ``WeightsEnum.get_state_dict`` by a fake that writes a random backbone into
+torch hub's cache, as the real one writes the downloaded file; nothing here touches the network.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import re
+import urllib.error
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +50,7 @@ def isolated_env(monkeypatch, tmp_path):
     for var in (vl.BACKBONE_ENV, vl.LIN_ENV, "VTBENCH_WEIGHTS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(vl, "_FAILED_DOWNLOADS", {})
     return tmp_path
 
 
@@ -113,7 +120,10 @@ def test_metric_loads_weights_from_env_paths(alex_files):
     import hashlib
     assert metric.weight_files == {"backbone": str(backbone), "lin": str(lin),
                                    "backbone_sha256": hashlib.sha256(backbone.read_bytes()).hexdigest(),
-                                   "lin_sha256": hashlib.sha256(lin.read_bytes()).hexdigest()}
+                                   "lin_sha256": hashlib.sha256(lin.read_bytes()).hexdigest(),
+                                   "backbone_source": "$VTBENCH_LPIPS_BACKBONE", "backbone_downloaded": False,
+                                   "backbone_url": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+                                   "backbone_matches_torchvision": False}  # random weights, not torchvision's
     a, b = random_images(6, 64, 48, seed=0), random_images(6, 64, 48, seed=1)
     values = metric.update(Batch([str(i) for i in range(6)], a, b))["lpips"]
     assert values.shape == (6,) and torch.isfinite(values).all() and (values > 0).all()
@@ -150,13 +160,15 @@ def test_weights_found_in_torch_hub_cache(isolated_env, monkeypatch):
     monkeypatch.setenv(vl.LIN_ENV, str(lin))
     backbone, found_lin = vl.resolve_lpips_weights("alex")
     assert backbone == hub / "alexnet-owt-7be5be79.pth" and found_lin == lin
+    assert LPIPSMetric().weight_files["backbone_source"] == "torch hub cache"
 
 
 def test_missing_backbone_raises_with_file_and_fix(isolated_env):
     with pytest.raises(MetricUnavailable) as err:
         LPIPSMetric("alex")
     reason = err.value.reason
-    assert "alexnet-owt-7be5be79.pth" in reason
+    assert "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in reason  # names the file and its URL
+    assert "VTBENCH_OFFLINE=1" in reason  # conftest keeps tests offline: the reason says which switch
     assert str(isolated_env / "torch_home" / "hub" / "checkpoints") in reason  # where it was looked for
     assert "torchvision.models.alexnet(weights='IMAGENET1K_V1')" in reason and vl.BACKBONE_ENV in reason
     with pytest.raises(MetricUnavailable, match="vgg16-397923af.pth"):
@@ -213,3 +225,119 @@ def test_weights_file_round_trip(tmp_path):
 def test_registered():
     assert METRICS.get("lpips") is LPIPSMetric
     assert LPIPSMetric.outputs[0].key == "lpips" and LPIPSMetric.outputs[0].higher_is_better is False
+
+
+# -- downloading the backbone (torchvision's weights API, faked) ----------------------------------------------
+def test_backbone_urls_and_hash_prefixes_are_torchvisions():
+    for net, spec in NETS.items():
+        weights = torchvision.models.get_model_weights(spec.arch)[spec.weights_enum]
+        assert spec.url == weights.url, net
+        assert re.search(rf"-{spec.sha256_prefix}\.pth$", weights.url), net  # what torch hub's check_hash reads
+
+
+@pytest.fixture
+def online(isolated_env, monkeypatch):
+    """Downloads allowed; ``WeightsEnum.get_state_dict`` replaced by a fake that, like the real one, writes the
+    file into ``torch.hub.get_dir()/checkpoints`` (here a random alex backbone) and returns its state dict.
+    ``calls`` records each (url, kwargs); set ``fail`` to an exception to make the download raise it."""
+    for var in ("VTBENCH_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    lin = isolated_env / "lin_alex.pth"  # heads from a file, so the tests do not need the lpips package
+    torch.save(random_lin_state("alex", seed=10), lin)
+    monkeypatch.setenv(vl.LIN_ENV, str(lin))
+    fake = {"calls": [], "fail": None}
+
+    def get_state_dict(self, *args, **kwargs):
+        fake["calls"].append((self.url, dict(kwargs)))
+        if fake["fail"] is not None:
+            raise fake["fail"]
+        state = random_backbone_state("alex", seed=11)
+        target = Path(torch.hub.get_dir()) / "checkpoints" / Path(self.url).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, target)
+        return state
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", get_state_dict)
+    return fake
+
+
+def test_download_into_torch_hub_cache_then_lpips_is_computed(online, isolated_env):
+    metric = LPIPSMetric("alex")
+    url = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+    assert [c[0] for c in online["calls"]] == [url]
+    assert online["calls"][0][1]["weights_only"] is True and online["calls"][0][1]["check_hash"] is True
+    cached = isolated_env / "torch_home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"  # under $TORCH_HOME
+    import hashlib
+    w = metric.weight_files
+    assert w["backbone"] == str(cached) and w["backbone_source"] == "downloaded" and w["backbone_downloaded"]
+    assert w["backbone_sha256"] == hashlib.sha256(cached.read_bytes()).hexdigest() and w["backbone_url"] == url
+    a, b = random_images(4, 48, 48, seed=12), random_images(4, 48, 48, seed=13)
+    metric.update(Batch(list("abcd"), a, b))
+    value = metric.compute()["lpips"]
+    assert value.n == 4 and value.value is not None and torch.isfinite(torch.tensor(value.value))
+    assert value.extra["weights"]["backbone_downloaded"] is True
+    # the same numbers as the downloaded file given by path, and a second metric reads the cache, no new download
+    by_path = LPIPSMetric("alex", backbone_path=cached)
+    by_path.update(Batch(list("abcd"), a, b))
+    assert by_path.compute()["lpips"].value == pytest.approx(value.value, rel=1e-12)
+    again = LPIPSMetric("alex")
+    assert len(online["calls"]) == 1
+    assert again.weight_files["backbone_source"] == "torch hub cache" and not again.weight_files["backbone_downloaded"]
+
+
+@pytest.mark.parametrize("switch", ["VTBENCH_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_attempts_nothing_and_is_null_with_the_fix(online, isolated_env, monkeypatch, switch):
+    monkeypatch.setenv(switch, "1")
+    from vtbench.runner import build_metrics
+    built, unavailable = build_metrics(["lpips"], torch.device("cpu"), reference_key="k")
+    assert online["calls"] == [] and built == {}
+    reason = unavailable["lpips"]
+    hub = isolated_env / "torch_home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    assert f"{switch}=1" in reason and "alexnet-owt-7be5be79.pth" in reason
+    assert f"curl -L --create-dirs -o {hub} https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in reason
+    value = LPIPSMetric.unavailable(reason, n=3)["lpips"]
+    assert value.value is None and value.reason == reason and not hub.exists()
+
+
+def test_failed_download_is_null_with_the_reason_and_not_retried(online, isolated_env):
+    online["fail"] = urllib.error.URLError("no route to host")
+    with pytest.raises(MetricUnavailable) as err:
+        LPIPSMetric("alex")
+    reason = err.value.reason
+    assert "download failed" in reason and "URLError" in reason and "no route to host" in reason
+    assert "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in reason and vl.BACKBONE_ENV in reason
+    with pytest.raises(MetricUnavailable, match="failed earlier in this process"):
+        LPIPSMetric("alex")  # another tokenizer in the same run: no second attempt
+    assert len(online["calls"]) == 1
+    assert not (isolated_env / "torch_home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth").exists()
+
+
+def test_no_download_when_the_linear_heads_are_missing(online, monkeypatch):
+    monkeypatch.delenv(vl.LIN_ENV)
+    monkeypatch.setattr(vl, "_lpips_package_dir", lambda: None)
+    with pytest.raises(MetricUnavailable, match="pip install lpips"):
+        LPIPSMetric("alex")
+    assert online["calls"] == []
+
+
+def test_no_download_at_import_or_when_lpips_is_not_selected(online, isolated_env, monkeypatch):
+    """Online, empty torch hub: executing the module afresh, looking the metric up and building other metrics
+    must not reach any download function (each replaced by one that fails the test)."""
+    import importlib.util
+    import urllib.request
+
+    def forbidden(*args, **kwargs):
+        pytest.fail(f"network touched: {args[:2]}")
+
+    for owner, attr in ((torchvision.models.WeightsEnum, "get_state_dict"), (torch.hub, "load_state_dict_from_url"),
+                        (torch.hub, "download_url_to_file"), (urllib.request, "urlopen")):
+        monkeypatch.setattr(owner, attr, forbidden)
+    spec = importlib.util.spec_from_file_location("_lpips_import_probe", vl.__file__)
+    probe = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, probe)  # dataclasses look their module up there
+    spec.loader.exec_module(probe)  # the module's top level, run again
+    from vtbench.runner import build_metrics
+    assert METRICS.get("lpips") is LPIPSMetric
+    built, unavailable = build_metrics(["psnr", "ssim"], torch.device("cpu"), reference_key="k")
+    assert sorted(built) == ["psnr", "ssim"] and not unavailable
+    assert not (isolated_env / "torch_home").exists()

@@ -14,6 +14,22 @@ PROTOCOLS_DIR = REPO_ROOT / "metrics"
 DATA_DIR = REPO_ROOT / "data"
 
 
+_TRUE = ("1", "true", "yes")
+
+
+def downloads_allowed() -> bool:
+    """Whether vtbench may fetch weights from the internet (Hugging Face hub, torchvision's model store): not when
+    ``HF_HUB_OFFLINE`` or ``VTBENCH_OFFLINE`` is set to 1/true/yes. Shared by tokenizer and metric weights."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in _TRUE and \
+        os.environ.get("VTBENCH_OFFLINE", "0").lower() not in _TRUE
+
+
+def offline_switches() -> list[str]:
+    """The environment variables that turn downloads off now (``["VTBENCH_OFFLINE=1"]``), for error messages."""
+    return [f"{v}={os.environ[v]}" for v in ("VTBENCH_OFFLINE", "HF_HUB_OFFLINE")
+            if os.environ.get(v, "0").lower() in _TRUE]
+
+
 def cache_dir() -> Path:
     """Cache root: ``$VTBENCH_CACHE`` or ``~/.cache/vtbench``."""
     root = os.environ.get("VTBENCH_CACHE") or os.path.join(

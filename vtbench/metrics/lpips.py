@@ -5,21 +5,27 @@ images.
 
 Backbones are torchvision's AlexNet and VGG16 architectures with torchvision's ImageNet checkpoints; the
 linear heads are the v0.1 files that the ``lpips`` package bundles (``weights/v0.1/alex.pth``, ``vgg.pth``, keys
-``lin0.model.1.weight`` ... ``lin4.model.1.weight``). Nothing is ever downloaded. Weights are found, in order:
+``lin0.model.1.weight`` ... ``lin4.model.1.weight``). Weights are found, in order:
 
 - backbone: the ``backbone_path`` argument; ``$VTBENCH_LPIPS_BACKBONE`` (the file, or a folder holding it);
-  ``torch.hub.get_dir()/checkpoints/<file>`` (where torchvision caches it); ``$VTBENCH_WEIGHTS/<file>``.
+  ``torch.hub.get_dir()/checkpoints/<file>`` (torch hub's cache, under ``$TORCH_HOME``: where torchvision keeps
+  it); ``$VTBENCH_WEIGHTS/<file>``; else, when downloads are allowed (neither ``VTBENCH_OFFLINE`` nor
+  ``HF_HUB_OFFLINE`` is set, as for tokenizer weights), torchvision's weights API downloads it into torch hub's
+  cache (sha256 prefix checked by torch hub, loaded with ``weights_only=True``).
 - linear heads: the ``lin_path`` argument; ``$VTBENCH_LPIPS_LIN`` (the file, or a folder holding
-  ``alex.pth`` / ``vgg.pth``); the installed ``lpips`` package's ``weights/v0.1/``.
+  ``alex.pth`` / ``vgg.pth``); the installed ``lpips`` package's ``weights/v0.1/``. Never downloaded.
 
-A path given explicitly (argument or environment) that does not exist is an error, not a reason to look
-further. When a file is absent, :class:`LPIPSMetric` raises ``MetricUnavailable`` naming the file, where it was
-looked for and the command that fixes it.
+Only :class:`LPIPSMetric`'s constructor resolves (and may download); importing this module never does, so a run
+that does not select ``lpips`` never touches the network for it. A path given explicitly (argument or
+environment) that does not exist is an error, not a reason to look further. When a file is absent (offline, or
+the download failed), the constructor raises ``MetricUnavailable`` naming the file, its URL, where it was looked
+for and the command that fixes it; the run records ``lpips: null`` with that reason.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -31,7 +37,10 @@ import torch.nn as nn
 
 from vtbench.metrics.base import Batch, Metric, MetricUnavailable, MetricValue, Output
 
-__all__ = ["LPIPSMetric", "LPIPSNet", "NETS", "build_lpips", "load_weights_file", "resolve_lpips_weights"]
+__all__ = ["LPIPSMetric", "LPIPSNet", "NETS", "BackboneFile", "build_lpips", "load_weights_file",
+           "resolve_backbone", "resolve_lin", "resolve_lpips_weights"]
+
+log = logging.getLogger(__name__)
 
 BACKBONE_ENV = "VTBENCH_LPIPS_BACKBONE"
 LIN_ENV = "VTBENCH_LPIPS_LIN"
@@ -51,6 +60,16 @@ class NetSpec:
     backbone_file: str  # torchvision's checkpoint file name (hash prefix included)
     weights_enum: str  # torchvision weights name that downloads it
     lin_file: str  # file name in lpips/weights/v0.1/
+
+    @property
+    def url(self) -> str:
+        """Where torchvision downloads ``backbone_file`` from (the same as its weights enum's ``url``)."""
+        return f"https://download.pytorch.org/models/{self.backbone_file}"
+
+    @property
+    def sha256_prefix(self) -> str:
+        """The sha256 prefix in torchvision's file name (``alexnet-owt-7be5be79.pth`` -> ``7be5be79``)."""
+        return Path(self.backbone_file).stem.rsplit("-", 1)[-1]
 
 
 NETS: dict[str, NetSpec] = {
@@ -183,37 +202,110 @@ def _lpips_package_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def resolve_lpips_weights(net: str = "alex", backbone_path: str | Path | None = None,
-                          lin_path: str | Path | None = None) -> tuple[Path, Path]:
-    """Paths of the backbone checkpoint and the linear heads for ``net`` (see the module docstring for the
-    search order). Raises ``MetricUnavailable`` with the file name, the places searched and the fix."""
+@dataclass(frozen=True)
+class BackboneFile:
+    """Where the backbone checkpoint was found: ``source`` is ``"argument"``, ``"$VTBENCH_LPIPS_BACKBONE"``,
+    ``"torch hub cache"``, ``"$VTBENCH_WEIGHTS"`` or ``"downloaded"`` (into torch hub's cache by this process)."""
+
+    path: Path
+    source: str
+
+    @property
+    def downloaded(self) -> bool:
+        return self.source == "downloaded"
+
+
+# url -> why its download failed: a run over several tokenizers builds the metric once per tokenizer, and a
+# download that failed (no route, proxy) is not retried, each time at the cost of a timeout, within one process
+_FAILED_DOWNLOADS: dict[str, str] = {}
+
+
+def _download_backbone(spec: NetSpec, target: Path) -> None:
+    """torchvision's weights API: fetch ``spec.url`` into torch hub's cache (``target``); raise on failure."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(spec.arch)[spec.weights_enum]
+    log.warning("LPIPS: downloading %s to %s (torchvision's ImageNet %s; once per machine)",
+                weights.url, target, spec.arch)
+    # check_hash: torch hub compares the file's sha256 with the prefix in its name and deletes a mismatch;
+    # weights_only: torch.load of the fresh file may not run pickled code. The loaded state is dropped (the
+    # metric reads the cached file like any other), so the first run reads it twice.
+    weights.get_state_dict(progress=False, check_hash=True, weights_only=True, map_location="cpu")
+
+
+def _backbone_fix(spec: NetSpec, hub: Path) -> str:
+    """The commands that put the backbone where vtbench finds it."""
+    return (f"on a machine with internet run curl -L --create-dirs -o {hub} {spec.url} (or python -c \"import "
+            f"torchvision; torchvision.models.{spec.arch}(weights='{spec.weights_enum}')\", then copy "
+            f"~/.cache/torch/hub/checkpoints/{spec.backbone_file} to {hub} here), or set "
+            f"{BACKBONE_ENV}=/path/to/{spec.backbone_file}")
+
+
+def resolve_backbone(net: str = "alex", backbone_path: str | Path | None = None, *,
+                     allow_download: bool = True) -> BackboneFile:
+    """The backbone checkpoint for ``net``: an explicit path, the local places, else (when ``allow_download``
+    and downloads are allowed) a download into torch hub's cache. Raises ``MetricUnavailable`` naming the file,
+    its URL, the places searched, why nothing was downloaded and the fix."""
+    from vtbench.paths import downloads_allowed, offline_switches
+
     spec = _spec(net)
-    backbone = _given(backbone_path, BACKBONE_ENV, spec.backbone_file, f"{net} backbone")
-    if backbone is None:
-        hub = Path(torch.hub.get_dir()) / "checkpoints" / spec.backbone_file
-        candidates = [hub] + ([Path(os.environ["VTBENCH_WEIGHTS"]) / spec.backbone_file]
-                              if os.environ.get("VTBENCH_WEIGHTS") else [])
-        backbone = next((p for p in candidates if p.is_file()), None)
-        if backbone is None:
-            raise MetricUnavailable(
-                f"LPIPS ({net}) needs torchvision's ImageNet {spec.arch} checkpoint {spec.backbone_file}, which is "
-                f"not in {' or '.join(str(p) for p in candidates)}. vtbench never downloads it. Fix: on a "
-                f"machine with internet run python -c \"import torchvision; torchvision.models.{spec.arch}"
-                f"(weights='{spec.weights_enum}')\", then copy ~/.cache/torch/hub/checkpoints/{spec.backbone_file} "
-                f"to {hub} here, or set {BACKBONE_ENV}=/path/to/{spec.backbone_file}.")
+    given = _given(backbone_path, BACKBONE_ENV, spec.backbone_file, f"{net} backbone")
+    if given is not None:
+        return BackboneFile(given, "argument" if backbone_path is not None else f"${BACKBONE_ENV}")
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / spec.backbone_file
+    candidates = [("torch hub cache", hub)]
+    if os.environ.get("VTBENCH_WEIGHTS"):
+        candidates.append(("$VTBENCH_WEIGHTS", Path(os.environ["VTBENCH_WEIGHTS"]) / spec.backbone_file))
+    for source, p in candidates:
+        if p.is_file():
+            return BackboneFile(p, source)
+    if not allow_download:
+        why = "downloading was not allowed by the caller"
+    elif not downloads_allowed():
+        off = offline_switches()
+        why = (f"downloads are off ({', '.join(off)}; unset {'it' if len(off) == 1 else 'them'} to let vtbench "
+               "download it)")
+    elif spec.url in _FAILED_DOWNLOADS:
+        why = f"its download failed earlier in this process: {_FAILED_DOWNLOADS[spec.url]}"
+    else:
+        try:
+            _download_backbone(spec, hub)
+            if not hub.is_file():
+                raise FileNotFoundError(f"the download finished but {hub} does not exist")
+            return BackboneFile(hub, "downloaded")
+        except Exception as exc:  # no route, proxy, hash mismatch, disk full: null with the reason, never a crash
+            _FAILED_DOWNLOADS[spec.url] = f"{type(exc).__name__}: {exc}"
+            why = f"its download failed: {_FAILED_DOWNLOADS[spec.url]}"
+    raise MetricUnavailable(
+        f"LPIPS ({net}) needs torchvision's ImageNet {spec.arch} checkpoint {spec.backbone_file} ({spec.url}), "
+        f"which is not in {' or '.join(str(p) for _, p in candidates)}, and {why}. "
+        f"Fix: {_backbone_fix(spec, hub)}.")
+
+
+def resolve_lin(net: str = "alex", lin_path: str | Path | None = None) -> Path:
+    """The v0.1 linear heads for ``net`` (never downloaded). Raises ``MetricUnavailable`` with the fix."""
+    spec = _spec(net)
     lin = _given(lin_path, LIN_ENV, spec.lin_file, f"{net} linear heads")
-    if lin is None:
-        pkg = _lpips_package_dir()
-        bundled = pkg / "weights" / "v0.1" / spec.lin_file if pkg is not None else None
-        if bundled is None or not bundled.is_file():
-            where = f"the lpips package has no {bundled}" if bundled else "the lpips package is not installed"
-            raise MetricUnavailable(
-                f"LPIPS ({net}) needs the v0.1 linear heads {spec.lin_file} ({where}, and {LIN_ENV} is not set). "
-                f"Fix: pip install lpips (it bundles lpips/weights/v0.1/{spec.lin_file}), or copy that file from "
-                f"https://github.com/richzhang/PerceptualSimilarity/tree/master/lpips/weights/v0.1 and set "
-                f"{LIN_ENV}=/path/to/{spec.lin_file}.")
-        lin = bundled
-    return backbone, lin
+    if lin is not None:
+        return lin
+    pkg = _lpips_package_dir()
+    bundled = pkg / "weights" / "v0.1" / spec.lin_file if pkg is not None else None
+    if bundled is None or not bundled.is_file():
+        where = f"the lpips package has no {bundled}" if bundled else "the lpips package is not installed"
+        raise MetricUnavailable(
+            f"LPIPS ({net}) needs the v0.1 linear heads {spec.lin_file} ({where}, and {LIN_ENV} is not set). "
+            f"Fix: pip install lpips (it bundles lpips/weights/v0.1/{spec.lin_file}), or copy that file from "
+            f"https://github.com/richzhang/PerceptualSimilarity/tree/master/lpips/weights/v0.1 and set "
+            f"{LIN_ENV}=/path/to/{spec.lin_file}.")
+    return bundled
+
+
+def resolve_lpips_weights(net: str = "alex", backbone_path: str | Path | None = None,
+                          lin_path: str | Path | None = None, *, allow_download: bool = False) -> tuple[Path, Path]:
+    """Paths of the backbone checkpoint and the linear heads for ``net`` (see the module docstring for the
+    search order; no download unless ``allow_download``). Raises ``MetricUnavailable`` with the fix."""
+    lin = resolve_lin(net, lin_path)  # the heads first: no backbone download for a metric that cannot run
+    return resolve_backbone(net, backbone_path, allow_download=allow_download).path, lin
 
 
 class LPIPSMetric(Metric):
@@ -221,10 +313,14 @@ class LPIPSMetric(Metric):
 
     ``update(batch)`` reads uint8 ``(N, 3, H, W)`` images (``H, W >= 31`` for alex), scales them to ``[0, 1]``
     then ``[-1, 1]``, runs the network on the batch's device in float32 and returns ``{"lpips": (N,)}``.
-    ``compute()`` returns the mean; ``extra`` names the net and the weight files used.
+    ``compute()`` returns the mean; ``extra["weights"]`` is the provenance of the weight files: paths, sha256,
+    where the backbone came from (``backbone_source``, see :class:`BackboneFile`), whether this process downloaded
+    it (``backbone_downloaded``), its URL and whether its sha256 matches the prefix in torchvision's file name
+    (``backbone_matches_torchvision``; false for any other ImageNet checkpoint given by path).
 
-    ``net``: ``"alex"`` (default, the convention of tokenizer papers) or ``"vgg"``. The constructor raises
-    ``MetricUnavailable`` when a weights file is missing (see the module docstring).
+    ``net``: ``"alex"`` (default, the convention of tokenizer papers) or ``"vgg"``. The constructor resolves the
+    weights, downloading the backbone when it is absent and downloads are allowed, and raises
+    ``MetricUnavailable`` when a weights file cannot be had (see the module docstring).
     """
 
     name = "lpips"
@@ -233,13 +329,18 @@ class LPIPSMetric(Metric):
     def __init__(self, net: str = "alex", *, backbone_path: str | Path | None = None,
                  lin_path: str | Path | None = None, chunk: int = 32):
         super().__init__()
-        _spec(net)
-        backbone_file, lin_file = resolve_lpips_weights(net, backbone_path, lin_path)
-        self.model = build_lpips(net, load_weights_file(backbone_file), load_weights_file(lin_file))
+        spec = _spec(net)
+        lin_file = resolve_lin(net, lin_path)  # the heads first: no backbone download for a metric that cannot run
+        backbone = resolve_backbone(net, backbone_path)
+        self.model = build_lpips(net, load_weights_file(backbone.path), load_weights_file(lin_file))
         self.net = net
         from vtbench.hashing import sha256sum
-        self.weight_files = {"backbone": str(backbone_file), "lin": str(lin_file),
-                             "backbone_sha256": sha256sum(backbone_file), "lin_sha256": sha256sum(lin_file)}
+        backbone_sha = sha256sum(backbone.path)
+        self.weight_files = {"backbone": str(backbone.path), "lin": str(lin_file),
+                             "backbone_sha256": backbone_sha, "lin_sha256": sha256sum(lin_file),
+                             "backbone_source": backbone.source, "backbone_downloaded": backbone.downloaded,
+                             "backbone_url": spec.url,
+                             "backbone_matches_torchvision": backbone_sha.startswith(spec.sha256_prefix)}
         self.chunk = max(1, int(chunk))  # images per forward pass; bounds activation memory
         self.add_state("lpips_sum", torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("n_images", torch.zeros((), dtype=torch.int64), "sum")

@@ -35,8 +35,8 @@ class WeightsMismatchError(RuntimeError):
 
 
 def _hub_allowed() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes") and \
-        os.environ.get("VTBENCH_OFFLINE", "0").lower() not in ("1", "true", "yes")
+    from vtbench.paths import downloads_allowed  # one switch for tokenizer and metric (LPIPS) downloads
+    return downloads_allowed()
 
 
 def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None, *, name: str = "",
