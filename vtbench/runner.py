@@ -224,8 +224,14 @@ class TokenizerRun:
         if state.get("fingerprint") != self.fingerprint or set(state["metrics"]) != set(self.metrics):
             log.warning("%s: progress belongs to different settings; starting this run again", path)
             return
-        for name, m in self.metrics.items():
-            m.load_state_dict(state["metrics"][name])
+        try:
+            for name, m in self.metrics.items():
+                m.load_state_dict(state["metrics"][name])
+        except (KeyError, RuntimeError, ValueError) as exc:  # states of an older metric version
+            log.warning("%s: metric states do not fit this version (%s); starting this run again", path, exc)
+            for m in self.metrics.values():
+                m.reset()
+            return
         self.done, self.rows, self.skipped = set(state["done"]), state["rows"], state["skipped"]
         self.timings = state["timings"]
         log.info("resuming %s: %d of %d images already done", self.tok.name, len(self.done), len(self.ds))

@@ -7,6 +7,7 @@ reduce them (sum / cat / max). A metric that cannot run yields ``value: None`` w
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -105,6 +106,18 @@ class MetricContext:
 _REDUCE = ("sum", "cat", "max")
 
 
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) inside dicts, lists and tuples replaced by None: result
+    JSON is written with ``allow_nan=False``, and a NaN in ``extra`` must not stop a run from being recorded."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(finite_or_none(v) for v in obj)
+    return obj
+
+
 class Metric:
     """Base class. Subclasses set ``name`` and ``outputs``, declare states in ``__init__``, and implement
     ``update`` (returning per-sample values keyed by output key, each a tensor of shape ``(N,)``) and
@@ -198,11 +211,12 @@ class Metric:
     def value(self, key: str, value: float | None, n: int, reason: str | None = None, **extra: Any) -> MetricValue:
         """A ``MetricValue`` for output ``key`` carrying that output's display metadata."""
         out = next(o for o in self.outputs if o.key == key)
-        if value is not None and value != value:  # NaN: never reported as a number
-            value, reason = None, reason or "the value is NaN (a reconstruction or feature was not finite)"
+        if value is not None and not math.isfinite(value):  # NaN / inf: never reported as a number
+            value, reason = None, reason or (f"the value is {float(value)} (an input, e.g. a timing, the bits or a "
+                                             "feature, was not finite)")
         return MetricValue(value=None if value is None else float(value), n=n,
                            higher_is_better=out.higher_is_better, unit=out.unit,
-                           display_name=out.display_name, reason=reason, extra=extra)
+                           display_name=out.display_name, reason=reason, extra=finite_or_none(extra))
 
     @classmethod
     def instance_id(cls, name: str, **config: Any) -> str:

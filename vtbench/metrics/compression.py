@@ -15,6 +15,9 @@ Definitions (metrics/reconstruction.toml, REFERENCE.md section 3):
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 
 from vtbench.metrics.base import Batch, Metric, MetricValue, Output
@@ -28,6 +31,10 @@ def histogram_entropy(hist: torch.Tensor) -> torch.Tensor:
 
 #: layout axes whose entries are coded by separate quantisers (RVQ depth; per-channel scalar quantisers)
 GROUP_AXES = ("depth", "channel")
+
+#: the alternative token counts a tokenizer may report in ``Tokens.meta["token_views"]``; each is a summed state
+#: (so it merges across processes and survives resume), hence a fixed list: a new view is added here
+TOKEN_VIEWS = ("positions", "scalars")
 
 
 def code_groups(codes: torch.Tensor, layout: tuple[str, ...]) -> torch.Tensor:
@@ -53,7 +60,7 @@ class Compression(Metric):
         Output("codebook_perplexity", "Codebook perplexity", "", True),
     )
 
-    def __init__(self) -> None:
+    def __init__(self, tokenizer: Any = None) -> None:
         super().__init__()
         self.add_state("n", torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("bits", torch.zeros((), dtype=torch.float64), "sum")
@@ -61,8 +68,12 @@ class Compression(Metric):
         self.add_state("tokens", torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("n_with_tokens", torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("hist", torch.zeros(0, dtype=torch.float64), "sum")  # (G, K), shaped on first codes
-        self.kind: str | None = None
-        self.views: dict[str, float] = {}  # alternative token views: name -> tokens per image
+        # alternative token views: summed tokens per image and the number of images that reported the view
+        self.add_state("view_tokens", torch.zeros(len(TOKEN_VIEWS), dtype=torch.float64), "sum")
+        self.add_state("view_n", torch.zeros(len(TOKEN_VIEWS), dtype=torch.float64), "sum")
+        # the kind names the reason for null token counts; from the tokenizer, so that an instance that only
+        # loaded or merged state (a resumed run with nothing left to do, a rank without data) knows it too
+        self.kind: str | None = tokenizer.card.kind if tokenizer is not None else None
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         tok = batch.tokens
@@ -78,7 +89,10 @@ class Compression(Metric):
             self.tokens += float(tok.tokens_per_image) * batch.size
             self.n_with_tokens += batch.size
         for view, tpi in (tok.meta.get("token_views") or {}).items():
-            self.views[str(view)] = float(tpi)
+            if view not in TOKEN_VIEWS:
+                raise ValueError(f"token view {view!r} is not one of {TOKEN_VIEWS} (add it to TOKEN_VIEWS)")
+            self.view_tokens[TOKEN_VIEWS.index(view)] += float(tpi) * batch.size
+            self.view_n[TOKEN_VIEWS.index(view)] += batch.size
         if tok.codes is not None and tok.codebook_size:
             groups = code_groups(tok.codes.long().cpu(), tok.layout)
             if self.hist.numel() == 0:
@@ -91,22 +105,28 @@ class Compression(Metric):
         n = int(self.n)
         if n == 0:
             return self.unavailable("no images were tokenized")
-        bpp = float(self.bits / self.pixels)
+        bits = float(self.bits)
+        # a non-finite bit count (a tokenizer bug) makes every bit-derived value undefined: null, never 24/inf = 0
+        bad_bits = None if math.isfinite(bits) else (f"the tokenizer reported a non-finite bit count ({bits}) for "
+                                                     "an image: its cost is undefined")
+        bpp = bits / float(self.pixels)
         out = {
-            "bits_per_image": self.value("bits_per_image", float(self.bits / n), n),
-            "bpp": self.value("bpp", bpp, n),
-            "compression_ratio": self.value("compression_ratio", 24.0 / bpp if bpp > 0 else None, n,
-                                            None if bpp > 0 else "zero bits"),
+            "bits_per_image": self.value("bits_per_image", None if bad_bits else bits / n, n, bad_bits),
+            "bpp": self.value("bpp", None if bad_bits else bpp, n, bad_bits),
+            "compression_ratio": self.value("compression_ratio", 24.0 / bpp if not bad_bits and bpp > 0 else None, n,
+                                            bad_bits or (None if bpp > 0 else "zero bits")),
         }
         if int(self.n_with_tokens) == n:
             tpi = float(self.tokens / n)
-            bpi = float(self.bits / n)
-            views = {v: {"tokens_per_image": t, "bits_per_token": bpi / t} for v, t in sorted(self.views.items())}
+            views = {v: {"tokens_per_image": float(t / n), "bits_per_token": None if bad_bits else bits / float(t)}
+                     for v, t, k in zip(TOKEN_VIEWS, self.view_tokens, self.view_n) if int(k) == n}
             extra = {"views": views} if views else {}
             out["tokens_per_image"] = self.value("tokens_per_image", tpi, n, **extra)
-            out["bits_per_token"] = self.value("bits_per_token", float(self.bits / self.tokens), n, **extra)
+            out["bits_per_token"] = self.value("bits_per_token", None if bad_bits else bits / float(self.tokens), n,
+                                               bad_bits, **extra)
         else:
-            why = f"a {self.kind} has no token positions (its cost is in bits_per_image and bpp)"
+            who = f"a {self.kind}" if self.kind else "this tokenizer"
+            why = f"{who} has no token positions (its cost is in bits_per_image and bpp)"
             out["tokens_per_image"] = self.value("tokens_per_image", None, n, why)
             out["bits_per_token"] = self.value("bits_per_token", None, n, why)
         if self.hist.numel():
@@ -118,7 +138,7 @@ class Compression(Metric):
             out["codebook_usage"] = self.value("codebook_usage", float(usage.mean()), n, **extra)
             out["codebook_perplexity"] = self.value("codebook_perplexity", float((2 ** ent).mean()), n, **extra)
         else:
-            why = f"a {self.kind} tokenizer has no discrete codebook"
+            why = f"{'a ' + self.kind if self.kind else 'this'} tokenizer has no discrete codebook"
             for key in ("token_entropy", "codebook_usage", "codebook_perplexity"):
                 out[key] = self.value(key, None, n, why)
         return out

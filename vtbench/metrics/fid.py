@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vtbench.metrics.base import Batch, MetricContext, Metric, MetricUnavailable, MetricValue, Output
@@ -21,6 +22,13 @@ from vtbench.paths import cache_dir
 # Below this many images the 2048x2048 covariance is rank-deficient: FID is biased high and only comparable
 # between runs with the same N.
 FULL_RANK_N = FEATURE_DIM
+
+_NON_FINITE = ("the Inception features of the {side} are not finite (NaN or inf): FID is undefined; check the "
+               "extractor's device and dtype")
+
+
+def _finite(*arrays: np.ndarray) -> bool:
+    return all(bool(np.isfinite(a).all()) for a in arrays)
 
 
 def reference_cache_path(reference_key: str, extractor_id: str) -> Path:
@@ -104,6 +112,9 @@ class RFID(Metric):
                 return {self.key: self.value(self.key, None, n, reason=f"FID needs at least 2 images, got {n_ref}",
                                            n_reference=n_ref, **extra)}
             ref_mu, ref_sigma = ref.mean_cov()
+            if not _finite(ref_mu, ref_sigma):  # never cached: later runs would inherit the NaN
+                return {self.key: self.value(self.key, None, n, reason=_NON_FINITE.format(side="originals"),
+                                           n_reference=n_ref, **extra)}
             if self.cache_path is not None:
                 save_stats(self.cache_path, ref_mu, ref_sigma, n_ref,
                            reference_key=self.reference_key, extractor=self.extractor.id)
@@ -115,6 +126,9 @@ class RFID(Metric):
             extra["warning"] = (f"FID on {min(n, n_ref or n)} < {FULL_RANK_N} images: the covariance is "
                                 "rank-deficient, so the value is biased high and only comparable at equal N")
         mu, sigma = rec.mean_cov()
+        if not _finite(mu, sigma):
+            return {self.key: self.value(self.key, None, n, reason=_NON_FINITE.format(side="reconstructions"),
+                                       **extra)}
         return {self.key: self.value(self.key, frechet_distance(mu, sigma, ref_mu, ref_sigma), n, **extra)}
 
 

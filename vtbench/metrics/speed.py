@@ -4,6 +4,7 @@ process's peak resident set size, which also counts everything loaded before —
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 
@@ -54,8 +55,11 @@ class Speed(Metric):
         kind = peak_memory_mb(self.device)[1]
         out = {}
         for key, secs in (("encode_images_per_s", float(self.encode_s)), ("decode_images_per_s", float(self.decode_s))):
-            out[key] = self.value(key, n / secs if secs > 0 else None, n, None if secs > 0 else "no time measured",
-                                  seconds=secs, device=str(self.device))
+            if not math.isfinite(secs):  # n / inf would report 0 img/s
+                why = f"a measured time was not finite ({secs}): throughput is undefined"
+            else:
+                why = None if secs > 0 else "no time measured"
+            out[key] = self.value(key, None if why else n / secs, n, why, seconds=secs, device=str(self.device))
         out["peak_memory_mb"] = self.value("peak_memory_mb", float(self.peak_mb) if n else None, n,
                                            None if n else "no images", measure=kind)
         return out
