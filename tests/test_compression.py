@@ -96,3 +96,48 @@ def test_scalar_channels_and_token_views():
     assert v["bits_per_image"].value == 48 * 6 == views["positions"]["tokens_per_image"] * views["positions"]["bits_per_token"]
     assert v["codebook_usage"].extra["codebooks"] == 3
     assert math.isclose(v["codebook_usage"].value, (1 / k + 1 / k + 32 / k) / 3)
+
+
+def test_non_finite_bits_give_null_with_reason_never_inf_or_zero():
+    """A tokenizer reporting NaN / inf bits for an image: every bit-derived value is null with the reason (24 / inf
+    was reported as a compression ratio of 0, inf bits as inf); counts that do not read the bits are kept."""
+    for bad in (math.nan, math.inf):
+        bits = code_bits(16, 16, 2)
+        bits[1] = bad
+        tok = Tokens(kind="vq", bits=bits, tokens_per_image=16, codes=torch.zeros(2, 4, 4, dtype=torch.long),
+                     layout=("h", "w"), codebook_size=16, meta={"token_views": {"scalars": 64}})
+        m = Compression()
+        m.update(_batch(tok))
+        v = m.compute()
+        for key in ("bits_per_image", "bpp", "compression_ratio", "bits_per_token"):
+            assert v[key].value is None and "non-finite bit count" in v[key].reason, (bad, key)
+        assert v["tokens_per_image"].value == 16 and v["codebook_usage"].value == 1 / 16
+        assert v["bits_per_token"].extra["views"] == {"scalars": {"tokens_per_image": 64.0, "bits_per_token": None}}
+
+
+def test_kind_and_token_views_survive_resume_and_merge():
+    """An instance that only loads or merges state (a resumed run with nothing left, a rank without data) reports
+    what the fed instance reports: the kind comes from the tokenizer, the token views are summed states."""
+    from types import SimpleNamespace
+    tokenizer = SimpleNamespace(card=SimpleNamespace(kind="codec"))
+    codec = Tokens(kind="codec", bits=torch.tensor([800.0, 1600.0], dtype=torch.float64), tokens_per_image=None,
+                   payload=[b"x" * 100, b"x" * 200])
+    fed = Compression(tokenizer=tokenizer)
+    fed.update(_batch(codec))
+    resumed = Compression(tokenizer=tokenizer)
+    resumed.load_state_dict(fed.state_dict())
+    merged = Compression(tokenizer=tokenizer)
+    merged.merge_state(fed.state_dict())
+    for other in (resumed, merged):
+        assert {k: v.to_dict() for k, v in other.compute().items()} == {k: v.to_dict() for k, v in fed.compute().items()}
+    assert "a codec has no token positions" in resumed.compute()["tokens_per_image"].reason
+
+    views = [Tokens(kind="scalar", bits=code_bits(16, 16, 2), tokens_per_image=16, meta={"token_views": {"scalars": s}})
+             for s in (64, 256)]  # two image sizes: the view is averaged over images like tokens_per_image
+    fed = Compression()
+    for t in views:
+        fed.update(_batch(t))
+    resumed = Compression()
+    resumed.load_state_dict(fed.state_dict())
+    want = {"scalars": {"tokens_per_image": 160.0, "bits_per_token": 64 / 160}}
+    assert resumed.compute()["tokens_per_image"].extra["views"] == want == fed.compute()["bits_per_token"].extra["views"]

@@ -341,3 +341,44 @@ def test_explicit_missing_path_does_not_fall_back(tmp_path, monkeypatch):
     with pytest.raises(MetricUnavailable) as info:
         load_inception()
     assert str(missing) in info.value.reason
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf in the sums
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_rfid_non_finite_features_are_null_and_never_cached(bad, monkeypatch):
+    """An extractor that returns NaN / inf (a broken device or dtype): null with the reason, not an exception from
+    the Frechet distance, and the originals' statistics are not written to the cache for later runs."""
+    import torch.nn.functional as F
+
+    class Extractor:
+        id, poison = "test-projection", None
+
+        def features(self, images):
+            f = F.adaptive_avg_pool2d(images.double() / 255, 4).flatten(1)  # (N, 48)
+            if self.poison == "rec":
+                f[0] = bad
+            return f
+
+        def describe(self):
+            return {"extractor": self.id}
+
+    ext = Extractor()
+    monkeypatch.setattr("vtbench.metrics.fid.load_inception", lambda path=None, device="cpu": ext)
+    monkeypatch.setattr("vtbench.metrics.fid.FEATURE_DIM", 48)
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for side in ("rec", "ref"):
+        m = RFID(reference_key=f"non-finite-{side}-{bad}")
+        ext.poison = None
+        if side == "rec":  # the reconstructions go through the extractor first in update()
+            ext.poison = "rec"
+            m._stats("rec").update(ext.features(x))
+            ext.poison = None
+            m._stats("ref").update(ext.features(x))
+        else:
+            m._stats("rec").update(ext.features(x))
+            f = ext.features(x)
+            f[1] = bad
+            m._stats("ref").update(f)
+        v = m.compute()["rfid"]
+        assert v.value is None and "not finite" in v.reason, (side, v)
+        assert m.cache_path.exists() == (side == "rec")  # finite originals are cached, NaN ones never

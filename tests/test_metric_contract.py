@@ -268,3 +268,28 @@ def test_contract_real_inception(name, tokenizer, extractor, tmp_path):
 def test_contract_real_ocr(name, tokenizer, tmp_path):
     pytest.importorskip("easyocr")
     _run_contract(name, _text_samples(TEXT_IMAGES[:2]), tokenizer, tmp_path, parts=(1, 1), non_finite=False)
+
+
+# -- the bugs the contract found, pinned one by one ------------------------------------------------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_value_never_reports_a_non_finite_number(bad):
+    """``Metric.value`` turned NaN into null but passed inf on (``allow_nan=False`` JSON then failed); non-finite
+    floats in ``extra`` are nulled too."""
+    from vtbench.metrics.pixel import SSIM
+    v = SSIM().value("ssim", bad, 3, seconds=bad, nested={"a": [1.0, bad]})
+    assert v.value is None and "not finite" in v.reason and v.extra == {"seconds": None, "nested": {"a": [1.0, None]}}
+    json.dumps(v.to_dict(), allow_nan=False)
+    assert SSIM().value("ssim", bad, 3, reason="given").reason == "given"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_speed_with_a_non_finite_time_is_null_not_zero(bad):
+    from vtbench.metrics.base import Batch
+    from vtbench.metrics.speed import Speed
+    x = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    m = Speed()
+    m.update(Batch(["a", "b"], x, x, encode_seconds=bad, decode_seconds=0.5))
+    v = m.compute()
+    assert v["encode_images_per_s"].value is None and "not finite" in v["encode_images_per_s"].reason
+    assert v["decode_images_per_s"].value == 4.0
+    json.dumps({k: x.to_dict() for k, x in v.items()}, allow_nan=False)
