@@ -33,7 +33,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from vtbench.metrics.base import Batch, Metric, MetricValue
-from vtbench.runner import PROGRESS_FILE, TokenizerRun, _quantise
+from vtbench.core import quantise_uint8
+from vtbench.runner import PROGRESS_FILE, TokenizerRun
 
 #: sizes of the parts the samples are fed in (sum = number of samples); unequal on purpose
 DEFAULT_PARTS = (2, 1, 3)
@@ -201,7 +202,7 @@ class MetricTester:
         key = tokens.codes.cpu().numpy().tobytes()
         if key not in self._decoded:
             with torch.inference_mode():
-                self._decoded[key] = _quantise(self.samples.tokenizer.decode(tokens).float())
+                self._decoded[key] = quantise_uint8(self.samples.tokenizer.decode(tokens).float())
         return self._decoded[key]
 
     def feed_parts(self, metric: Metric, parts: Sequence[slice]) -> dict[str, torch.Tensor]:

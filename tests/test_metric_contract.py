@@ -24,7 +24,8 @@ from conftest import structured_images
 from metric_tester import MetricTester, Samples, assert_well_formed
 from vtbench.config import load_protocol
 from vtbench.metrics import METRICS
-from vtbench.runner import _quantise, build_metrics, metric_config
+from vtbench.core import quantise_uint8
+from vtbench.runner import build_metrics, metric_config
 from vtbench.tokenizers import build_tokenizer
 
 #: metrics that cannot run their streaming contract here at all: name -> why (the null path is still checked)
@@ -65,7 +66,7 @@ def _photo_samples(tok, n: int = 6, size: int = 32) -> Samples:
     original = torch.from_numpy(np.stack(structured_images(n, size))).permute(0, 3, 1, 2).contiguous()
     with torch.inference_mode():
         tokens = tok.encode(original.float() / 255)
-        rec = _quantise(tok.decode(tokens).float())
+        rec = quantise_uint8(tok.decode(tokens).float())
     return Samples([f"img_{i}" for i in range(n)], original, rec, tokens=tokens, tokenizer=tok)
 
 
