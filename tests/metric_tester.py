@@ -187,9 +187,8 @@ class MetricTester:
     # feeding, as TokenizerRun._process does
     def feed(self, metric: Metric, sl: slice, poison: tuple[str, float] | None = None) -> dict[str, torch.Tensor]:
         batch = self.samples.batch(sl, poison)
-        make = getattr(metric, "perturbed_tokens", None)
-        if make is not None:  # pFID: the runner decodes the metric's perturbed tokens into batch.perturbed
-            perturbed = make(batch.tokens, self.samples.tokenizer, batch.ids)
+        if metric.needs_extra_decode:  # pFID: the runner decodes the metric's own tokens into batch.perturbed
+            perturbed = metric.extra_decode(batch.tokens, self.samples.tokenizer, batch.ids)
             batch.perturbed = {metric.key: torch.cat([self._decode_one(slice_tokens(perturbed, slice(i, i + 1),
                                                                                     batch.size))
                                                       for i in range(batch.size)])}

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from vtbench.metrics.base import Batch, Metric, MetricValue, Output
+from vtbench.metrics.base import Batch, Metric, MetricContext, MetricValue, Output
 
 
 def histogram_entropy(hist: torch.Tensor) -> torch.Tensor:
@@ -74,6 +74,10 @@ class Compression(Metric):
         # the kind names the reason for null token counts; from the tokenizer, so that an instance that only
         # loaded or merged state (a resumed run with nothing left to do, a rank without data) knows it too
         self.kind: str | None = tokenizer.card.kind if tokenizer is not None else None
+
+    @classmethod
+    def from_context(cls, ctx: MetricContext) -> "Compression":
+        return cls(tokenizer=ctx.tokenizer)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         tok = batch.tokens
