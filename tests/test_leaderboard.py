@@ -42,7 +42,7 @@ def site(results, tmp_path_factory):
 
 def make_hostile(results: Path, root: Path) -> Path:
     """A copy of one real run with hostile strings in every place a record carries text."""
-    src = results / "embedded" / "tiny.vq"
+    src = results / "embedded" / "tiny.vq" / "reconstruction"
     dst = root / "evil" / "run"
     shutil.copytree(src, dst)
     rec = json.loads((dst / RESULT_FILE).read_text())
@@ -68,7 +68,7 @@ def make_hostile(results: Path, root: Path) -> Path:
 def hostile_site(results, tmp_path_factory):
     root = tmp_path_factory.mktemp("lb-hostile")
     evil = make_hostile(results, root)
-    return build_site([evil, results / "embedded" / "jpeg.q10"], root / "site")
+    return build_site([evil, results / "embedded" / "jpeg.q10" / "reconstruction"], root / "site")
 
 
 class Tags(HTMLParser):
@@ -207,7 +207,7 @@ def test_rate_sweeps_form_one_series(results):
 def test_tasks_group_generically(results, tmp_path):
     for task in ("text", "3d"):
         dst = tmp_path / task / "tiny.vq"
-        shutil.copytree(results / "embedded" / "tiny.vq", dst)
+        shutil.copytree(results / "embedded" / "tiny.vq" / "reconstruction", dst)
         rec = json.loads((dst / RESULT_FILE).read_text())
         rec["protocol"].update(task=task, name=f"{task}-proto", version="0.1")
         rec["metrics"]["ocr_accuracy"] = {"value": 0.5, "n": 6, "higher_is_better": True, "unit": "",

@@ -35,13 +35,13 @@ def sites(tmp_path_factory):
         RunConfig(limit=6, metrics=["psnr", "ssim", "compression"], progress=False, out=results))
     good = build_site([results], tmp_path_factory.mktemp("lbb-site") / "site")
     evil_dir = tmp_path_factory.mktemp("lbb-evil") / "evil"
-    shutil.copytree(results / "embedded" / "tiny.vq", evil_dir)
+    shutil.copytree(results / "embedded" / "tiny.vq" / "reconstruction", evil_dir)
     rec = json.loads((evil_dir / RESULT_FILE).read_text())
     rec["tokenizer"].update(name=EVIL, description='<img src=x onerror="alert(2)">')
     rec["dataset"]["id"] = "<img src=x onerror=alert(3)>"
     rec["metrics"]["psnr"].update(value=None, reason='"><script>alert(4)</script>')
     write_json_atomic(evil_dir / RESULT_FILE, rec)
-    evil = build_site([evil_dir, results / "embedded" / "jpeg.q10"], evil_dir.parent / "site")
+    evil = build_site([evil_dir, results / "embedded" / "jpeg.q10" / "reconstruction"], evil_dir.parent / "site")
     return good, evil
 
 

@@ -52,9 +52,9 @@ def test_same_named_dataset_folders_get_their_own_results(tmp_path):
     b = {"id": "val", "kind": "folder", "root": str(tmp_path / "b" / "val")}
     assert dataset_dirname(a) != dataset_dirname(b) and dataset_dirname(a).startswith("val-")
     assert dataset_dirname({"id": "embedded/photos", "kind": "embedded", "root": "/x"}) == "embedded-photos"
-    assert run_dir(tmp_path, a, "../../tok").parent.parent == tmp_path
+    assert run_dir(tmp_path, a, "../../tok", "reconstruction").parent.parent.parent == tmp_path
     hostile = {"id": "../../../etc", "kind": "folder", "root": "/etc"}
-    assert run_dir(tmp_path, hostile, "t").resolve().is_relative_to(tmp_path.resolve())
+    assert run_dir(tmp_path, hostile, "t", "..").resolve().is_relative_to(tmp_path.resolve())
 
 
 def _png(seed: int) -> bytes:
@@ -96,7 +96,7 @@ def test_parquet_paths_cannot_escape_save_reconstructions(tmp_path):
     new = _tree(tmp_path) - outside_before
     assert all(n.startswith("work/") for n in new), sorted(n for n in new if not n.startswith("work/"))
     assert not (tmp_path / "escape.png").exists() and not Path("/abs/escape.png").exists()
-    rdir = run_dir(out, rec["dataset"], "jpeg.q90").resolve()
+    rdir = run_dir(out, rec["dataset"], "jpeg.q90", rec["protocol"]["name"]).resolve()
     thumbs = rec.get("thumbnails", [])
     assert thumbs
     for t in thumbs:
