@@ -102,7 +102,7 @@ def run(
     batch_size: int = typer.Option(16, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="Protocol file name under metrics/ (default: reconstruction, or the --task's)."),
-    preprocess: Optional[str] = typer.Option(None, "--preprocess", help="adm-center-crop, resize-cover-crop, pad-restore, native."),
+    preprocess: Optional[str] = typer.Option(None, "--preprocess", help="adm-center-crop, resize-cover-crop, pad-restore, native, native-or-pad, torchvision-resize-crop (`vtbench ls policies`)."),
     resolution: Optional[int] = typer.Option(None, "--resolution"),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file (single tokenizer)."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow unpickling checkpoints that weights_only loading refuses. Only for files you trust."),
