@@ -87,9 +87,10 @@ def test_fixtures_are_small_and_documented():
         assert len(meta["official_commit"]) == 40 and meta["official_repo"].startswith("https://github.com/")
 
 
-# -- grid VQ families: codes (N, h, w) ----------------------------------------------------------------------------
-@pytest.mark.parametrize("family", ["llamagen"])
-def test_grid_vq_parity(family, tmp_path):
+# -- families whose official codes have vtbench's layout ----------------------------------------------------------
+# llamagen: (N, h, w); var: the scales' row-major indices concatenated (N, sum p^2)
+@pytest.mark.parametrize("family", ["llamagen", "var"])
+def test_codes_and_decoded_match_official(family, tmp_path):
     fx = load_fixture(family)
     tok = adapter_for(fx, tmp_path)
     with torch.no_grad():
