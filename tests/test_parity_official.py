@@ -97,3 +97,17 @@ def test_codes_and_decoded_match_official(family, tmp_path):
         t = tok.encode(fx.input)
         assert torch.equal(t.codes, fx.codes), f"{(t.codes != fx.codes).sum()} of {fx.codes.numel()} codes differ"
         check_decoded(tok.decode(t), fx)
+
+
+def test_tokenbridge_scalar_codes_and_decoded_match_official(tmp_path):
+    """The official indices are channels-first (N, C, h, w); vtbench's layout is (N, h, w, channel). The official
+    fixture uses the posterior mode, vtbench's default (the official script samples the posterior, unseeded)."""
+    fx = load_fixture("tokenbridge")
+    tok = adapter_for(fx, tmp_path)
+    assert tok.params["latent"] == "mode"
+    with torch.no_grad():
+        t = tok.encode(fx.input)
+        expected = fx.codes.permute(0, 2, 3, 1)
+        assert t.layout == ("h", "w", "channel")
+        assert torch.equal(t.codes, expected), f"{(t.codes != expected).sum()} of {expected.numel()} codes differ"
+        check_decoded(tok.decode(t), fx)
