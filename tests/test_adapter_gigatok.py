@@ -2,8 +2,9 @@
 scaled-down random configuration (every variant, XL-XXL included, runs through the same code path), the key
 manifests at full size on the meta device, and the error paths.
 
-Parity with the official code (same random weights, S-S full size and a scaled config) is checked outside the
-test suite, where the official repository can be imported; see the adapter's report."""
+Parity with the official code (same random weights, S-S full size and a scaled config) was also measured outside
+the test suite, where the official repository can be imported. In the suite, a scaled configuration run by the
+official code itself is compared through golden fixtures: tests/test_parity_official.py."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 A scaled-down VAE (ch 32, two levels) with random weights is saved in the official file layout ({"model": ...})
 and loaded through the card path; the full-size architecture is checked against the key manifests dumped from
-the official code (on the meta device). Parity with the official code is in the adapter's report, not here
-(it needs the official repository)."""
+the official code (on the meta device). Parity with the official code on a scaled configuration run by the
+official code itself is checked through golden fixtures in tests/test_parity_official.py."""
 
 from __future__ import annotations
 
