@@ -2,8 +2,9 @@
 scaled-down random configuration (every variant, XL-XXL included, runs through the same code path), the key
 manifests at full size on the meta device, and the error paths.
 
-Parity with the official code (same random weights, S-S full size and a scaled config) is checked outside the
-test suite, where the official repository can be imported; see the adapter's report."""
+Parity with the official code (same random weights, S-S full size and a scaled config) was also measured outside
+the test suite, where the official repository can be imported. In the suite, a scaled configuration run by the
+official code itself is compared through golden fixtures: tests/test_parity_official.py."""
 
 from __future__ import annotations
 
@@ -173,3 +174,14 @@ def test_wrong_checkpoint_names_the_file(tmp_path):
     path, _ = _official_file(tmp_path, name="VQ_shape.pt", mutate=widen)
     with pytest.raises(WeightsMismatchError, match="VQ_shape.pt.*quantize.embedding.weight"):
         GigaTokTokenizer.from_card(_small_card("gigatok.s-s"), weights=path)
+
+
+def test_pixel_decoder_input_is_contiguous():
+    """The 1D->2D Q-Former's map enters the pixel decoder contiguous, as in the official code: a channels-last view
+    would stay channels-last through the decoder's convolutions, and torch's CPU group norm on channels-last input
+    rounds differently (8e-4 on the parity fixture's output; tests/test_parity_official.py)."""
+    torch.manual_seed(0)
+    model = GigaTokModel(SMALL).eval()
+    with torch.no_grad():
+        z = model.s1to2decoder(torch.randn(2, SMALL["z_channels"], SMALL["num_tokens"]))
+    assert z.shape == (2, SMALL["z_channels"], 8, 8) and z.is_contiguous()

@@ -3,7 +3,9 @@ contract, key manifests of the official checkpoints, actionable errors.
 
 Parity with the official ``VQModel`` (FoundationVision/LlamaGen ``tokenizer/tokenizer_image/vq_model.py``) on
 random weights at the real configs (256x256, 2 images) was measured outside the test suite: identical codes
-(0 of 512 differ for VQ-16, 0 of 2048 for VQ-8), decoded images within 5e-6 on the [0, 1] scale.
+(0 of 512 differ for VQ-16, 0 of 2048 for VQ-8), decoded images within 5e-6 on the [0, 1] scale. In the suite, a
+scaled configuration run by the official code itself is compared through golden fixtures:
+tests/test_parity_official.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """RQ-VAE adapter: official checkpoint layout, loading, token contract, key manifest, errors.
 
 Parity with the official code (kakaobrain/rq-vae-transformer) is checked outside the test suite, on random
-weights at the real configuration: identical codes, decoded images within 1e-5 (see the adapter's report).
+weights at the real configuration: identical codes, decoded images within 1e-5 (see the adapter's report). In
+the suite, a scaled configuration run by the official code itself is compared through golden fixtures:
+tests/test_parity_official.py.
 """
 
 from __future__ import annotations

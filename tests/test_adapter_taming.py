@@ -4,6 +4,8 @@ their pickled objects, ``loss.*`` dropped, the token contract, key manifests, ac
 Parity with the official ``VQModel`` (CompVis/taming-transformers ``taming/models/vqgan.py``, built from the
 heibox ``model.yaml``) on random weights at the real configs (256x256, 2 images) was measured outside the test
 suite: identical codes (0 of 512 differ, f16-1024 and f16-16384), decoded images within 7e-6 on the [0, 1] scale.
+In the suite, a scaled configuration run by the official code itself is compared through golden fixtures:
+tests/test_parity_official.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """VAR multi-scale VQVAE adapter: official checkpoint layout, loading, token contract, key manifest, errors.
 
 Parity with the official code (FoundationVision/VAR models/vqvae.py) is checked outside the test suite, on
-random weights at the real configuration: identical 680 codes per image, decoded images within 1e-5.
+random weights at the real configuration: identical 680 codes per image, decoded images within 1e-5. In the
+suite, a scaled configuration run by the official code itself is compared through golden fixtures:
+tests/test_parity_official.py.
 """
 
 from __future__ import annotations

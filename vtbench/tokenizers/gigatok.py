@@ -203,7 +203,10 @@ class Decoder1Dto2D(nn.Module):
         for layer in self.transformer:
             x = layer(x, memory, query_pos, key_pos)
         x = self.ln_post(x)  # (N, g*g, W), row-major positions
-        return self.conv_out(x.transpose(1, 2).reshape(n, -1, self.grid, self.grid))
+        # contiguous, as the official code: the transposed view is channels-last, and the convolution would keep
+        # that layout through the whole pixel decoder, whose CPU kernels then round differently (8e-4 on a
+        # scaled official model's [-1, 1] output, tests/test_parity_official.py)
+        return self.conv_out(x.transpose(1, 2).reshape(n, -1, self.grid, self.grid).contiguous())
 
 
 # -- pixel decoder ----------------------------------------------------------------------------------------

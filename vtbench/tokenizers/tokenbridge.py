@@ -261,7 +261,9 @@ class TokenBridgeTokenizer(CheckpointTokenizer):
         else:
             if tokens.codes is None:
                 raise ValueError(f"{self.name}: decode needs Tokens.codes")
-            z = self.quantizer.decode(tokens.codes.to(self.device).permute(0, 3, 1, 2))
+            # contiguous NCHW, as the official decoder input: the permuted (channels-last) latent would stay
+            # channels-last through the VAE decoder, where torch's CPU group norm is far less precise
+            z = self.quantizer.decode(tokens.codes.to(self.device).permute(0, 3, 1, 2)).contiguous()
         return self.from_model(self.model.decode(z.float()))
 
     def provenance(self) -> dict[str, Any]:
