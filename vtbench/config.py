@@ -16,11 +16,11 @@ A variant's fields override the family's; ``params`` tables are merged.
 from __future__ import annotations
 
 import functools
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vtbench._compat import tomllib
 from vtbench.paths import CARDS_DIR, PROTOCOLS_DIR
 from vtbench.registry import UnknownNameError, did_you_mean
 from vtbench.tokenizers.base import KINDS, TokenizerCard
