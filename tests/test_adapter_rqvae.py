@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from vtbench.config import get_card
-from vtbench.paths import REPO_ROOT
+from vtbench.paths import CARDS_DIR
 from vtbench.tokenizers.official import check_manifest, load_manifest, manifest_state
 from vtbench.tokenizers.quantizers import nearest_code_full
 from vtbench.tokenizers.rqvae import RQVAETokenizer
@@ -114,7 +114,7 @@ def test_nearest_code_full_matches_brute_force():
 
 def test_manifest_matches_full_size_model():
     card = get_card(NAME)
-    man = load_manifest(REPO_ROOT / "tokenizers" / "manifests" / f"{NAME}.json")
+    man = load_manifest(CARDS_DIR / "manifests" / f"{NAME}.json")
     assert man["wrapper"] == card.params["wrapper_keys"][0]
     assert sorted(man["dropped_prefixes"]) == sorted(RQVAETokenizer._ema_prefixes(card.params))
     with torch.device("meta"):

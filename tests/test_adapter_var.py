@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from vtbench.config import get_card
-from vtbench.paths import REPO_ROOT
+from vtbench.paths import CARDS_DIR
 from vtbench.tokenizers.official import check_manifest, load_manifest, manifest_state
 from vtbench.tokenizers.var import VARTokenizer, phi_schedule
 from vtbench.tokenizers.weights import WeightsMismatchError
@@ -119,7 +119,7 @@ def test_zero_quant_resi_has_no_phi(tmp_path):
 
 def test_manifest_matches_full_size_model():
     card = get_card(NAME)
-    man = load_manifest(REPO_ROOT / "tokenizers" / "manifests" / f"{NAME}.json")
+    man = load_manifest(CARDS_DIR / "manifests" / f"{NAME}.json")
     assert man["wrapper"] is None and man["dropped_prefixes"] == list(VARTokenizer.drop_prefixes)
     with torch.device("meta"):
         model = VARTokenizer.build_model(card.params)

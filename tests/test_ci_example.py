@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from vtbench.cli import app
 from vtbench.config import get_card
-from vtbench.paths import REPO_ROOT
+from vtbench.paths import DECLARATIONS_ROOT, REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "examples" / "ci"
 WORKFLOW = EXAMPLE / "github-workflow.yml"
@@ -66,7 +66,7 @@ def test_workflow_file_is_valid_yaml():
 
 
 def test_unchanged_checkpoint_passes(tmp_path):
-    r, report, junit = gate(tmp_path, REPO_ROOT / get_card("tiny.vq").weights["bundled"])
+    r, report, junit = gate(tmp_path, DECLARATIONS_ROOT / get_card("tiny.vq").weights["bundled"])
     assert r.exit_code == 0, report["verdict"]
     psnr = next(x for x in report["rows"] if x["metric"] == "psnr")
     assert psnr["status"] == "ok" and psnr["delta"] == pytest.approx(0.0, abs=1e-6)

@@ -7,14 +7,13 @@ band edges, a checkerboard; streaming invariances and state round trips as for P
 from __future__ import annotations
 
 import math
-import tomllib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from vtbench._compat import tomllib
 from vtbench.metrics import METRICS, Batch
 from vtbench.metrics.base import metric_for_output
 from vtbench.metrics.detail import DEFAULT_SETTINGS, Detail
@@ -32,8 +31,9 @@ from vtbench.metrics.frequency import (
     luma,
 )
 from vtbench.metrics.functional import gaussian_kernel1d
+from vtbench.paths import PROTOCOLS_DIR
 
-PROTOCOL = Path(__file__).resolve().parents[1] / "metrics" / "detail.toml"
+PROTOCOL = PROTOCOLS_DIR / "detail.toml"
 KEYS = [band_key(b) for b in DEFAULT_BANDS]  # finest first
 RATIO = [f"detail_band_ratio@{k}" for k in KEYS]
 BPSNR = [f"band_psnr@{k}" for k in KEYS]

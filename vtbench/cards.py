@@ -27,7 +27,7 @@ import importlib.util
 import os
 import re
 import sys
-import tomllib
+from vtbench._compat import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping

@@ -27,11 +27,11 @@ This module computes; it prints nothing (``vtbench compare`` renders the ``Repor
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from vtbench._compat import tomllib
 from vtbench.paths import PROTOCOLS_DIR
 from vtbench.registry import did_you_mean
 from vtbench.report import fmt

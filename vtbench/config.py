@@ -8,10 +8,10 @@ with a did-you-mean naming the file and the table, so a misspelt setting cannot 
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from vtbench._compat import tomllib
 from vtbench.cards import (CardError, TokenizerCard, all_cards, get_card, parse_card_file,  # noqa: F401 (re-exports)
                            use_cards)
 from vtbench.paths import PROTOCOLS_DIR

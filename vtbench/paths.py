@@ -1,4 +1,5 @@
-"""Where vtbench finds its declarations (cards, protocols, embedded data) and keeps its caches."""
+"""Where vtbench finds its declarations (cards, protocols, embedded data, bundled weights), in a checkout or
+an installed wheel, and keeps its caches."""
 
 from __future__ import annotations
 
@@ -7,11 +8,27 @@ import os
 import re
 from pathlib import Path
 
-# vtbench is installed editable from its repository; cards, protocols and data live beside the package.
-REPO_ROOT = Path(os.environ.get("VTBENCH_HOME", Path(__file__).resolve().parents[1]))
-CARDS_DIR = REPO_ROOT / "tokenizers"
-PROTOCOLS_DIR = REPO_ROOT / "metrics"
-DATA_DIR = REPO_ROOT / "data"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# A wheel carries the declarations inside the package (pyproject.toml's package-dir maps the repository's
+# top-level tokenizers/, metrics/ and data/embedded/ there); a checkout or editable install has them beside it.
+SHIPPED_DIR = PACKAGE_DIR / "_declarations"
+
+
+def _repo_root() -> Path | None:
+    """The repository the code runs from (a checkout, an editable install), or None for an installed wheel.
+    Checked by its pyproject.toml: beside an installed package lies site-packages, whose ``tokenizers`` folder
+    is Hugging Face's."""
+    root = PACKAGE_DIR.parent
+    return root if not SHIPPED_DIR.is_dir() and (root / "pyproject.toml").is_file() else None
+
+
+REPO_ROOT = _repo_root()
+# Where cards, protocols, embedded data and bundled weights are: $VTBENCH_HOME (a folder laid out like the
+# repository), else the checkout, else the wheel's copy. Cards' ``bundled`` paths are relative to it.
+DECLARATIONS_ROOT = Path(os.environ.get("VTBENCH_HOME") or REPO_ROOT or SHIPPED_DIR)
+CARDS_DIR = DECLARATIONS_ROOT / "tokenizers"
+PROTOCOLS_DIR = DECLARATIONS_ROOT / "metrics"
+DATA_DIR = DECLARATIONS_ROOT / "data"
 
 
 _TRUE = ("1", "true", "yes")

@@ -107,6 +107,10 @@ def _version(pkg: str) -> str | None:
 
 
 def git_commit() -> dict[str, Any]:
+    """The commit (and dirtiness) of the checkout vtbench runs from; None for an installed wheel, which is
+    not a checkout (a git repository around site-packages is someone else's)."""
+    if REPO_ROOT is None:
+        return {"commit": None, "dirty": None}
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                               timeout=5).stdout.strip() or None

@@ -456,9 +456,10 @@ def open_dataset(spec: str | os.PathLike, policy: Policy, limit: int | None = No
         base = embedded_root()
         sub = norm[len("embedded/"):] if norm != "embedded" else ""
         if not base.is_dir():
-            raise DatasetError(f"the embedded dataset is missing: {str(base)!r} does not exist. It ships with the "
-                               f"vtbench repository (data/embedded); use a git checkout installed with "
-                               f"'pip install -e .', or point VTBENCH_HOME at the repository root")
+            raise DatasetError(f"the embedded dataset is missing: {str(base)!r} does not exist. It ships inside "
+                               f"the vtbench package (data/embedded in a checkout, vtbench/_declarations/data/"
+                               f"embedded in a wheel); reinstall vtbench, or point VTBENCH_HOME at a folder "
+                               f"holding data/embedded")
         root = base / sub if sub else base
         if not root.is_dir():
             subsets = sorted(d.name for d in base.iterdir() if d.is_dir() and not _is_hidden(d.name))

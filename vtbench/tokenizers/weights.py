@@ -45,7 +45,7 @@ def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None,
 
     ``spec`` keys: ``file`` (file name), ``sha256`` (optional), ``url`` (where it is published),
     ``hub_repo`` / ``hub_filename`` (optional Hugging Face location), ``bundled`` (path relative to the
-    repository, for weights that ship with vtbench). With ``directory = true`` the weights are a directory
+    declarations root, ``tokenizers/weights/...``, for weights that ship with vtbench). With ``directory = true`` the weights are a directory
     (e.g. a diffusers model folder), see ``_resolve_directory``.
     """
     if spec.get("directory"):
@@ -59,8 +59,8 @@ def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None,
             raise MissingWeightsError(f"{name}: --weights {explicit} does not exist (expected the file {file_name})")
         return p
     if spec.get("bundled"):
-        from vtbench.paths import REPO_ROOT
-        p = REPO_ROOT / spec["bundled"]
+        from vtbench.paths import DECLARATIONS_ROOT
+        p = DECLARATIONS_ROOT / spec["bundled"]
         if p.is_file():
             return p
     wdir = os.environ.get("VTBENCH_WEIGHTS")
