@@ -32,8 +32,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from vtbench.metrics.base import Batch, Metric, MetricValue
 from vtbench.core import quantise_uint8
+from vtbench.metrics.base import Batch, Metric, MetricValue
 from vtbench.runner import PROGRESS_FILE, TokenizerRun
 
 #: sizes of the parts the samples are fed in (sum = number of samples); unequal on purpose

@@ -25,13 +25,13 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from adapter_checks import perturbed
 
 from vtbench.paths import CARDS_DIR
 from vtbench.registry import load_object
 from vtbench.tokenizers import TokenizerCard, tokenizer_from_card
 from vtbench.tokenizers.official import load_manifest, manifest_state
 from vtbench.tokenizers.weights import MissingWeightsError
-from adapter_checks import perturbed
 
 #: cards that cannot get random weights, with the reason (shown as the skip reason); keep it empty if possible
 NO_RANDOM_WEIGHTS: dict[str, str] = {}

@@ -12,12 +12,12 @@ import sys
 
 import pytest
 import torch
+from adapter_checks import smooth_images as _images
 
 from vtbench.config import get_card
 from vtbench.tokenizers import build_tokenizer, list_tokenizers
 from vtbench.tokenizers.diffusers_vae import DiffusersVAETokenizer, import_autoencoder_kl
 from vtbench.tokenizers.weights import MissingWeightsError, resolve_weights
-from adapter_checks import smooth_images as _images
 
 VARIANTS = ["flux", "sd-ft-ema", "sd35", "sdxl"]
 SIZE = 32

@@ -15,16 +15,20 @@ import re
 
 import pytest
 import torch
+from adapter_checks import smooth_images as _images
 
 from vtbench.config import get_card
 from vtbench.paths import CARDS_DIR
 from vtbench.tokenizers import UnsupportedResolutionError
 from vtbench.tokenizers.gigatok import (
-    DepthToSpaceUp, GigaTokModel, GigaTokTokenizer, multilevel_cells, multilevel_queries,
+    DepthToSpaceUp,
+    GigaTokModel,
+    GigaTokTokenizer,
+    multilevel_cells,
+    multilevel_queries,
 )
 from vtbench.tokenizers.official import check_manifest, load_manifest, manifest_checkpoint
 from vtbench.tokenizers.weights import WeightsMismatchError
-from adapter_checks import smooth_images as _images
 
 VARIANTS = ["s-s", "s-b", "b-l", "b-l-dino", "xl-xxl"]
 # parameter counts in the README table (tokenizer, including the training-only distillation head)

@@ -16,6 +16,8 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from adapter_checks import check_grid_vq_roundtrip, perturbed, scaled_card
+from adapter_checks import smooth_images as images
 
 import vtbench.config
 from vtbench.config import get_card
@@ -24,9 +26,6 @@ from vtbench.tokenizers import UnsupportedResolutionError, build_tokenizer
 from vtbench.tokenizers.llamagen import LlamaGenVQ
 from vtbench.tokenizers.official import check_manifest, load_manifest, manifest_state
 from vtbench.tokenizers.weights import WeightsMismatchError
-
-from adapter_checks import check_grid_vq_roundtrip, perturbed, scaled_card
-from adapter_checks import smooth_images as images
 
 VARIANTS = ["llamagen.vq16", "llamagen.vq8", "llamagen.vq16-t2i"]
 # a scaled-down config: 2 levels (downsampling 2), attention at level 1 and in the middle

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from adapter_checks import smooth_images as _images
 
 from vtbench.config import get_card
 from vtbench.paths import CARDS_DIR
@@ -21,7 +22,6 @@ from vtbench.tokenizers.official import check_manifest, load_manifest, manifest_
 from vtbench.tokenizers.quantizers import nearest_code_full
 from vtbench.tokenizers.rqvae import RQVAETokenizer
 from vtbench.tokenizers.weights import WeightsMismatchError
-from adapter_checks import smooth_images as _images
 
 NAME = "rqvae.in-8x8x4"
 SMALL = dict(ch=32, ch_mult=[1, 1, 2], num_res_blocks=1, attn_resolutions=[8], resolution=32, in_channels=3, out_ch=3,

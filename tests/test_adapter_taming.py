@@ -14,6 +14,8 @@ import math
 
 import pytest
 import torch
+from adapter_checks import check_grid_vq_roundtrip, perturbed, scaled_card
+from adapter_checks import smooth_images as images
 
 import vtbench.config
 from vtbench.config import get_card
@@ -22,9 +24,6 @@ from vtbench.tokenizers import UnsupportedResolutionError, build_tokenizer
 from vtbench.tokenizers.official import check_manifest, load_manifest, manifest_state
 from vtbench.tokenizers.taming import TamingVQGAN
 from vtbench.tokenizers.weights import WeightsMismatchError
-
-from adapter_checks import check_grid_vq_roundtrip, perturbed, scaled_card
-from adapter_checks import smooth_images as images
 
 VARIANTS = ["taming.f16-1024", "taming.f16-16384"]
 # scaled-down ddconfig: 2 levels (downsampling 2), attention at side 8 of a 16-pixel training resolution

@@ -8,8 +8,13 @@ import pytest
 from typer.testing import CliRunner
 
 from vtbench.cli import app
-from vtbench.data.annotations import (AnnotationError, convert_tokbench, find_word_manifest, load_word_manifest,
-                                      match_annotations)
+from vtbench.data.annotations import (
+    AnnotationError,
+    convert_tokbench,
+    find_word_manifest,
+    load_word_manifest,
+    match_annotations,
+)
 from vtbench.data.datasets import open_dataset
 from vtbench.data.policies import get_policy
 from vtbench.paths import DATA_DIR

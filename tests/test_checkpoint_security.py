@@ -14,12 +14,12 @@ import os
 import pickle
 from pathlib import Path
 
+import hostile_checkpoints as hc
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import hostile_checkpoints as hc
 from vtbench.tokenizers import safe_pickle
 from vtbench.tokenizers.safe_pickle import ALLOWED, RefusedCheckpoint, read_zip_inert
 from vtbench.tokenizers.weights import (

@@ -8,8 +8,15 @@ import pytest
 from typer.testing import CliRunner
 
 from vtbench.cli import app
-from vtbench.compare import (DEFAULT_TOLERANCES, CompareInputError, Tolerance, compare, compare_records,
-                             load_tolerances, parse_overrides)
+from vtbench.compare import (
+    DEFAULT_TOLERANCES,
+    CompareInputError,
+    Tolerance,
+    compare,
+    compare_records,
+    load_tolerances,
+    parse_overrides,
+)
 from vtbench.junit import junit_xml, write_junit
 from vtbench.results import write_json_atomic
 

@@ -15,9 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from vtbench.data.datasets import (DatasetError, ImageDataset, collate, open_dataset, select_subset)
-from vtbench.data.images import (DEFAULT_MAX_PIXELS, ImageLoadError, ImageTooLargeError, load_image,
-                                 load_image_bytes, resolve_max_pixels)
+from vtbench.data.datasets import DatasetError, ImageDataset, collate, open_dataset, select_subset
+from vtbench.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    ImageTooLargeError,
+    load_image,
+    load_image_bytes,
+    resolve_max_pixels,
+)
 from vtbench.data.policies import POLICIES, get_policy
 from vtbench.registry import UnknownNameError
 

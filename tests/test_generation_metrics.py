@@ -11,8 +11,15 @@ import torch
 
 from vtbench.gfid import Reference, score_state
 from vtbench.metrics.frechet import GaussianStats
-from vtbench.metrics.generation import (GenerationState, InceptionScoreState, inception_score, manifold_membership,
-                                        manifold_radii, precision_recall, softmax64)
+from vtbench.metrics.generation import (
+    GenerationState,
+    InceptionScoreState,
+    inception_score,
+    manifold_membership,
+    manifold_radii,
+    precision_recall,
+    softmax64,
+)
 from vtbench.metrics.inception import SPATIAL_DIM, adm_spatial
 
 

@@ -15,10 +15,24 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vtbench.cli import app
-from vtbench.gfid import (Reference, SampleFormatError, SizeMismatchError, check_sizes, extract_samples, gfid_run,
-                          iter_npz_rows, iter_samples, metric_key, open_reference, read_token_file,
-                          reference_image_size,
-                          result_path, score_samples, score_state, write_token_file)
+from vtbench.gfid import (
+    Reference,
+    SampleFormatError,
+    SizeMismatchError,
+    check_sizes,
+    extract_samples,
+    gfid_run,
+    iter_npz_rows,
+    iter_samples,
+    metric_key,
+    open_reference,
+    read_token_file,
+    reference_image_size,
+    result_path,
+    score_samples,
+    score_state,
+    write_token_file,
+)
 from vtbench.metrics.inception import LOGITS_DIM, SPATIAL_DIM
 
 runner = CliRunner()

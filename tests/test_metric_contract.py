@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
 from conftest import structured_images
 from metric_tester import MetricTester, Samples, assert_well_formed
+from PIL import Image
+
 from vtbench.config import load_protocol
-from vtbench.metrics import METRICS
 from vtbench.core import quantise_uint8
+from vtbench.metrics import METRICS
 from vtbench.runner import build_metrics, metric_config
 from vtbench.tokenizers import build_tokenizer
 
@@ -143,6 +143,7 @@ class StubOCR:
 def _lpips_stand_in(tmp_path: Path, monkeypatch) -> None:
     """A randomly initialised AlexNet checkpoint in torchvision's layout, found through $VTBENCH_LPIPS_BACKBONE."""
     import torchvision
+
     from vtbench.metrics.lpips import BACKBONE_ENV, NETS
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in torchvision.models.alexnet(weights=None).features.state_dict().items()}

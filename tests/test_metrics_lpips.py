@@ -10,8 +10,8 @@ torch hub's cache, as the real one writes the downloaded file; nothing here touc
 from __future__ import annotations
 
 import functools
-import sys
 import re
+import sys
 import urllib.error
 import warnings
 from pathlib import Path

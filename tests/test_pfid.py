@@ -6,12 +6,17 @@ import numpy as np
 import pytest
 import torch
 
+from vtbench.config import load_protocol
 from vtbench.metrics.pfid import PerturbationSpec, perturb_codes
 from vtbench.runner import RunConfig, run, selected_metrics
-from vtbench.config import load_protocol
 from vtbench.tokenizers import PerturbationUnsupported, build_tokenizer
-from vtbench.tokenizers.neighbours import (digits_to_codes, k_smallest_sums, nearest_corners, nearest_entries,
-                                           nearest_lattice_points)
+from vtbench.tokenizers.neighbours import (
+    digits_to_codes,
+    k_smallest_sums,
+    nearest_corners,
+    nearest_entries,
+    nearest_lattice_points,
+)
 
 
 # -- neighbour sets ---------------------------------------------------------------------------------------

@@ -17,15 +17,15 @@ import dataclasses
 import math
 
 import pytest
-import torch
-import torch.nn.functional as F
-
 import test_adapter_gigatok as G
 import test_adapter_llamagen as L
 import test_adapter_rqvae as R
 import test_adapter_taming as T
 import test_adapter_tokenbridge as TB
 import test_adapter_var as V
+import torch
+import torch.nn.functional as F
+
 from vtbench.metrics.base import MetricUnavailable
 from vtbench.metrics.pfid import PFID, PerturbationSpec, perturb_codes
 from vtbench.tokenizers.base import PerturbationUnsupported
@@ -404,6 +404,7 @@ def test_tokenbridge_continuous_is_undefined(tmp_path):
 def test_diffusers_vae_is_undefined():
     pytest.importorskip("diffusers")
     from test_adapter_diffusers_vae import _tiny_vae
+
     from vtbench.config import get_card
     from vtbench.tokenizers.diffusers_vae import DiffusersVAETokenizer
     tok = DiffusersVAETokenizer(get_card("vae.sd-ft-ema"), _tiny_vae())

@@ -15,9 +15,22 @@ import torch
 from typer.testing import CliRunner
 
 from vtbench.cli import app
-from vtbench.probe import (CheckpointMismatch, ClassConditionalGPT, GPTConfig, SamplingSettings, TokenStream,
-                           TrainSettings, cfg_logits, filter_logits, generate, search_cfg, shard_slice, split_by_id,
-                           train_prior, validation_ce)
+from vtbench.probe import (
+    CheckpointMismatch,
+    ClassConditionalGPT,
+    GPTConfig,
+    SamplingSettings,
+    TokenStream,
+    TrainSettings,
+    cfg_logits,
+    filter_logits,
+    generate,
+    search_cfg,
+    shard_slice,
+    split_by_id,
+    train_prior,
+    validation_ce,
+)
 from vtbench.probe.sample import sample_batches, sample_uniforms, shard
 from vtbench.probe.train import shard_loss
 

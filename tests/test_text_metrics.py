@@ -12,8 +12,15 @@ import torch
 
 import vtbench.metrics.text as text_mod
 from vtbench.metrics.base import Batch
-from vtbench.metrics.text import (OCRErrorRate, TextAccuracy, bucket_of, edit_distance, normalised_edit_similarity,
-                                  relative_size, _edit_distance_py)
+from vtbench.metrics.text import (
+    OCRErrorRate,
+    TextAccuracy,
+    _edit_distance_py,
+    bucket_of,
+    edit_distance,
+    normalised_edit_similarity,
+    relative_size,
+)
 
 M = text_mod.TEXT_DEFAULTS["crop_margin"]
 

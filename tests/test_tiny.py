@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from vtbench.config import get_card
+from vtbench.hashing import sha256sum
 from vtbench.tokenizers.quantizers import FSQ, ResidualVQ, VectorQuantizer, nearest_code
 from vtbench.tokenizers.tiny import TinyAutoencoder, TinyTokenizer
 from vtbench.tokenizers.tiny_train import read_metadata
-from vtbench.hashing import sha256sum
 from vtbench.tokenizers.weights import WeightsMismatchError
 
 VARIANTS = ("vq", "rvq", "fsq")

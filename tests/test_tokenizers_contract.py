@@ -9,10 +9,10 @@ import math
 
 import pytest
 import torch
+from random_weights import RECIPES, Recipe, Subject, contract_tokenizer, official_file, scale_card
 
 from vtbench.config import get_card
 from vtbench.tokenizers import UnsupportedResolutionError, build_tokenizer, list_tokenizers
-from random_weights import RECIPES, Recipe, Subject, contract_tokenizer, official_file, scale_card
 
 ALL = list_tokenizers()
 _BUILT: dict[str, Subject] = {}

@@ -6,9 +6,18 @@ import torch
 from safetensors.torch import save_file
 
 from vtbench.hashing import sha256sum
-from vtbench.tokenizers.weights import (MissingWeightsError, UntrustedCheckpointError, WeightsMismatchError,
-                                        extract_state_dict, load_checkpoint, load_official_checkpoint,
-                                        load_strict, rename_keys, resolve_weights, unwrap_state_dict)
+from vtbench.tokenizers.weights import (
+    MissingWeightsError,
+    UntrustedCheckpointError,
+    WeightsMismatchError,
+    extract_state_dict,
+    load_checkpoint,
+    load_official_checkpoint,
+    load_strict,
+    rename_keys,
+    resolve_weights,
+    unwrap_state_dict,
+)
 
 SPEC = {"file": "model.pt", "sha256": "ab" * 32, "url": "https://example.org/model.pt"}
 

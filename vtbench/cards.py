@@ -27,11 +27,11 @@ import importlib.util
 import os
 import re
 import sys
-from vtbench._compat import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from vtbench._compat import tomllib
 from vtbench.registry import UnknownNameError, did_you_mean, load_object
 
 KINDS = ("vq", "rvq", "multiscale", "fsq", "lfq", "scalar", "continuous", "codec", "reference")

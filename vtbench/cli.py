@@ -64,8 +64,8 @@ def _check_tokenizer(name: Optional[str]) -> None:
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
-    from rich.logging import RichHandler
     from rich.console import Console
+    from rich.logging import RichHandler
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(console=Console(stderr=True), show_path=False)], force=True)
@@ -145,7 +145,8 @@ def run(
 
     _setup_logging(verbose, quiet or as_json)
     from vtbench.report import rich_table, summary_html
-    from vtbench.runner import RunConfig, run as run_eval
+    from vtbench.runner import RunConfig
+    from vtbench.runner import run as run_eval
     try:
         cfg = RunConfig(data=data, metrics=metrics.split(",") if metrics else None,
                         protocol=protocol or "reconstruction", annotations=annotations,
@@ -275,6 +276,7 @@ def gfid(
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
     from vtbench.report import fmt
     console = Console()
     if not console.is_terminal:
@@ -298,6 +300,7 @@ _STATUS_STYLE = {"regressed": "bold red", "missing": "bold red", "incomparable":
 def _compare_table(report: Any):
     from rich.table import Table
     from rich.text import Text
+
     from vtbench.report import fmt
     table = Table(title=f"vtbench compare: {report.new} vs baseline {report.baseline}",
                   caption=f"tolerances: {'; '.join(report.tolerance_sources) or 'none'}")
@@ -326,8 +329,8 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Regression gate: exit 0 if nothing regressed, 1 on a regression, 2 if the inputs cannot be compared."""
-    from vtbench.compare import (CompareInputError, Report, compare as compare_results, load_tolerances,
-                                 parse_overrides)
+    from vtbench.compare import CompareInputError, Report, load_tolerances, parse_overrides
+    from vtbench.compare import compare as compare_results
     from vtbench.junit import write_junit
     try:
         tols = load_tolerances(tolerances, parse_overrides(abs_tol, "--abs"), parse_overrides(rel_tol, "--rel"))
@@ -551,9 +554,9 @@ def probe(
         _fail(str(exc))
     if record is None:  # a torchrun rank other than 0
         return
-    from vtbench.results import RESULT_FILE, run_dir
     from vtbench.gfid import metric_key
     from vtbench.probe.run import result_dir
+    from vtbench.results import RESULT_FILE, run_dir
     path = result_dir(run_dir(out, record["dataset"], record["tokenizer"]["name"], f"probe-{record['run']['size']}"),
                       cfg.resize) / RESULT_FILE
     summary = {**_run_summary(record, path), "size": record["run"]["size"], "steps": record["probe"]["train"]["steps"],

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from vtbench._compat import tomllib
-from vtbench.cards import (CardError, TokenizerCard, all_cards, get_card, parse_card_file,  # noqa: F401 (re-exports)
-                           use_cards)
+from vtbench.cards import CardError, TokenizerCard, all_cards, get_card, parse_card_file, use_cards  # noqa: F401 (re-exports)
 from vtbench.paths import PROTOCOLS_DIR
 from vtbench.registry import UnknownNameError, did_you_mean
 

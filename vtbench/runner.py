@@ -23,17 +23,25 @@ import torch
 from PIL import Image
 
 from vtbench.config import Protocol, load_protocol
+from vtbench.core import Progress, fingerprint, quantise_uint8
 from vtbench.data.annotations import find_word_manifest, match_annotations
 from vtbench.data.datasets import ImageDataset, collate, open_dataset
 from vtbench.data.policies import get_policy
-from vtbench.metrics import METRICS, Batch, Metric, MetricUnavailable, MetricValue
-from vtbench.metrics.base import MetricContext
 from vtbench.hashing import sha256sum
-from vtbench.metrics.base import metric_for_output
-from vtbench.core import Progress, fingerprint, quantise_uint8
+from vtbench.metrics import METRICS, Batch, Metric, MetricUnavailable, MetricValue
+from vtbench.metrics.base import MetricContext, metric_for_output
 from vtbench.paths import join_under, png_relpath, safe_name
-from vtbench.results import (RESULT_FILE, SAMPLES_FILE, environment, new_record, protocol_section, read_record,
-                             run_dir, write_json_atomic, write_text_atomic)
+from vtbench.results import (
+    RESULT_FILE,
+    SAMPLES_FILE,
+    environment,
+    new_record,
+    protocol_section,
+    read_record,
+    run_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 from vtbench.tokenizers import Tokenizer, UnsupportedResolutionError, build_tokenizer
 
 log = logging.getLogger("vtbench")

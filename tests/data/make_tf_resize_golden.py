@@ -3,7 +3,9 @@
 on small random uint8 images. Run outside the project with TensorFlow installed (``pip install tensorflow-cpu``;
 the committed file came from TF 2.21.0): ``python tests/data/make_tf_resize_golden.py``, from ``tests/data``.
 tests/test_fid.py compares ``vtbench.metrics.inception.resize_tf_bilinear`` with these outputs bit for bit."""
-import numpy as np, tensorflow as tf
+import numpy as np
+import tensorflow as tf
+
 rng = np.random.default_rng(2026)
 # up- and downsampling, square and not, identity; sizes small enough to commit
 cases = [((5, 7), 11), ((16, 16), 23), ((9, 4), 13), ((32, 24), 29), ((3, 3), 8), ((12, 12), 12),

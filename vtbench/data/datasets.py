@@ -40,9 +40,9 @@ import torch
 from torch.utils.data import Dataset
 
 from vtbench.core import fingerprint
-from vtbench.hashing import content_digests
 from vtbench.data.images import ImageLoadError, load_image, load_image_bytes
 from vtbench.data.policies import Policy
+from vtbench.hashing import content_digests
 from vtbench.registry import did_you_mean
 
 __all__ = ["IMAGE_EXTENSIONS", "DatasetError", "DatasetInfo", "ImageDataset", "FolderDataset", "ParquetDataset",

@@ -60,24 +60,47 @@ else to 256.
 from __future__ import annotations
 
 from vtbench.gfid.common import (  # noqa: F401
-    DEFAULT_RESOLUTION, FULL_RANK_N, OUTPUTS, PR_REFERENCE_SIZE, REFERENCE_CACHE_VERSION, REFERENCE_META_KEY,
-    RESIZE_SUFFIX, SampleFormatError, SizeMismatchError, TOKEN_FILE_FORMAT, TOKEN_FILE_VERSION, metric_key,
+    DEFAULT_RESOLUTION,
+    FULL_RANK_N,
+    OUTPUTS,
+    PR_REFERENCE_SIZE,
+    REFERENCE_CACHE_VERSION,
+    REFERENCE_META_KEY,
+    RESIZE_SUFFIX,
+    TOKEN_FILE_FORMAT,
+    TOKEN_FILE_VERSION,
+    SampleFormatError,
+    SizeMismatchError,
+    metric_key,
     mixed_pipeline_warning,
 )
 from vtbench.gfid.files import (  # noqa: F401
-    TokenFile, check_adm_images, iter_npz_rows, npz_array_info, npz_keys, read_token_file, write_token_file,
-)
-from vtbench.gfid.samples import (  # noqa: F401
-    Samples, iter_samples,
+    TokenFile,
+    check_adm_images,
+    iter_npz_rows,
+    npz_array_info,
+    npz_keys,
+    read_token_file,
+    write_token_file,
 )
 from vtbench.gfid.reference import (  # noqa: F401
-    Reference, check_sizes, open_reference, reference_image_size,
-)
-from vtbench.gfid.scoring import (  # noqa: F401
-    extract_samples, score_samples, score_state,
+    Reference,
+    check_sizes,
+    open_reference,
+    reference_image_size,
 )
 from vtbench.gfid.run import (  # noqa: F401
-    gfid_run, result_path,
+    gfid_run,
+    result_path,
+)
+from vtbench.gfid.samples import (  # noqa: F401
+    Samples,
+    iter_samples,
+)
+from vtbench.gfid.scoring import (  # noqa: F401
+    extract_samples,
+    score_samples,
+    score_state,
 )
 
 __all__ = [

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-
-from vtbench.metrics.inception import (FEATURE_DIM, check_resize_mode)
+from vtbench.metrics.inception import FEATURE_DIM, check_resize_mode
 
 log = logging.getLogger("vtbench")
 

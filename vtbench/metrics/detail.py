@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from vtbench.metrics.base import Batch, MetricContext, Metric, MetricValue, Output
+from vtbench.metrics.base import Batch, Metric, MetricContext, MetricValue, Output
 from vtbench.metrics.frequency import BT601_LUMA, DEFAULT_BANDS, WINDOWS, band_key, detail_stats, psnr_from_mse
 
 __all__ = ["DEFAULT_SETTINGS", "Detail", "detail_outputs"]

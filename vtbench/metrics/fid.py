@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vtbench.metrics.base import Batch, MetricContext, Metric, MetricUnavailable, MetricValue, Output
+from vtbench.metrics.base import Batch, Metric, MetricContext, MetricUnavailable, MetricValue, Output
 from vtbench.metrics.frechet import FeatureStats, GaussianStats, frechet_distance, load_stats, save_stats
 from vtbench.metrics.inception import FEATURE_DIM, load_inception
 from vtbench.paths import cache_dir

@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from vtbench.metrics.base import Batch, MetricContext, Metric, MetricValue, Output
+from vtbench.metrics.base import Batch, Metric, MetricContext, MetricValue, Output
 
 
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:

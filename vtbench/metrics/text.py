@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from vtbench.metrics.base import Batch, MetricContext, Metric, MetricUnavailable, MetricValue, Output
+from vtbench.metrics.base import Batch, Metric, MetricContext, MetricUnavailable, MetricValue, Output
 
 # TokBench (compute_all_metrics.py): relative-size edges per input resolution.
 TOKBENCH_EDGES = {"256": [0.02, 0.03, 0.04, 1.0], "512": [0.01, 0.02, 0.03, 1.0], "1024": [0.005, 0.01, 0.02, 1.0]}

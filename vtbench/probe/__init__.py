@@ -11,11 +11,10 @@ decoded and scored (``vtbench probe``; protocol ``metrics/probe.toml``).
 
 from vtbench.probe.model import ClassConditionalGPT, GPTConfig, KVCache, build_model
 from vtbench.probe.run import run_probe
-from vtbench.probe.settings import ProbeConfig
 from vtbench.probe.sample import SamplingSettings, cfg_logits, filter_logits, generate, search_cfg
+from vtbench.probe.settings import ProbeConfig
 from vtbench.probe.tokens import NoCodesError, TokenSet, split_by_id, tokenise
-from vtbench.probe.train import (CheckpointMismatch, TokenStream, TrainSettings, shard_slice, train_prior,
-                                 validation_ce)
+from vtbench.probe.train import CheckpointMismatch, TokenStream, TrainSettings, shard_slice, train_prior, validation_ce
 
 __all__ = ["CheckpointMismatch", "ClassConditionalGPT", "GPTConfig", "KVCache", "NoCodesError", "ProbeConfig",
            "SamplingSettings", "TokenSet", "TokenStream", "TrainSettings", "build_model", "cfg_logits",

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from vtbench.config import Protocol, load_protocol
+from vtbench.core import Progress
 from vtbench.data.datasets import open_dataset
 from vtbench.data.policies import get_policy
 from vtbench.metrics.base import MetricValue
@@ -30,9 +31,16 @@ from vtbench.probe.sample import SamplingSettings, sample_batches, sample_plan, 
 from vtbench.probe.settings import ProbeConfig, model_config, sampling_settings, size_table, train_settings
 from vtbench.probe.tokens import TokenSet, check_has_codes, split_by_id, tokenise
 from vtbench.probe.train import CHECKPOINT_FILE, barrier, dist_context, fingerprint, train_prior, validation_ce
-from vtbench.core import Progress
-from vtbench.results import (RESULT_FILE, environment, new_record, protocol_section, read_record, run_dir,
-                             write_json_atomic, write_npz_atomic)
+from vtbench.results import (
+    RESULT_FILE,
+    environment,
+    new_record,
+    protocol_section,
+    read_record,
+    run_dir,
+    write_json_atomic,
+    write_npz_atomic,
+)
 
 log = logging.getLogger("vtbench")
 

@@ -26,8 +26,13 @@ from torch import nn
 from vtbench.hashing import sha256sum
 from vtbench.tokenizers.base import Tokenizer, TokenizerCard
 from vtbench.tokenizers.weights import (
-    ExtractedState, MissingWeightsError, WeightsMismatchError, extract_state_dict, load_official_checkpoint,
-    load_strict, resolve_weights,
+    ExtractedState,
+    MissingWeightsError,
+    WeightsMismatchError,
+    extract_state_dict,
+    load_official_checkpoint,
+    load_strict,
+    resolve_weights,
 )
 
 DEFAULT_WRAPPERS = ("ema", "model", "state_dict", "module")

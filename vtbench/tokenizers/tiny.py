@@ -24,9 +24,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from vtbench.hashing import sha256sum
 from vtbench.tokenizers.base import Tokenizer, TokenizerCard, Tokens, code_bits
 from vtbench.tokenizers.quantizers import FSQ, ResidualVQ, VectorQuantizer
-from vtbench.hashing import sha256sum
 from vtbench.tokenizers.weights import load_checkpoint, load_strict, resolve_weights
 
 DOWNSAMPLE = 8

@@ -46,7 +46,6 @@ from vtbench.tokenizers.quantizers import nearest_code_full
 from vtbench.tokenizers.weights import rename_keys
 
 
-
 def _nearest_cosine(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return (F.normalize(z, dim=-1) @ F.normalize(codebook.t(), dim=0)).argmax(dim=1)
 

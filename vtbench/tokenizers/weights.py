@@ -297,7 +297,6 @@ def convert_to_safetensors(src: str | Path, dst: str | Path, *, trust: bool = Fa
     summary (tensors, skipped, load mode, source sha256).
     """
     import torch
-
     from safetensors.torch import save_file
 
     from vtbench.hashing import sha256sum
