@@ -249,6 +249,7 @@ def online(isolated_env, monkeypatch):
 
     def get_state_dict(self, *args, **kwargs):
         fake["calls"].append((self.url, dict(kwargs)))
+        sys.stdout.write(f'Downloading: "{self.url}"\n')  # as torch hub announces it (on stdout)
         if fake["fail"] is not None:
             raise fake["fail"]
         state = random_backbone_state("alex", seed=11)
@@ -259,6 +260,13 @@ def online(isolated_env, monkeypatch):
 
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", get_state_dict)
     return fake
+
+
+def test_download_announcement_stays_off_stdout(online, capsys):
+    """stdout carries --json; torch hub's "Downloading: ..." line goes to stderr with the logs."""
+    vl.LPIPSMetric("alex")
+    out, err = capsys.readouterr()
+    assert online["calls"] and "Downloading" not in out and "Downloading" in err
 
 
 def test_download_into_torch_hub_cache_then_lpips_is_computed(online, isolated_env):

@@ -24,10 +24,12 @@ for and the command that fixes it; the run records ``lpips: null`` with that rea
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -230,7 +232,9 @@ def _download_backbone(spec: NetSpec, target: Path) -> None:
     # check_hash: torch hub compares the file's sha256 with the prefix in its name and deletes a mismatch;
     # weights_only: torch.load of the fresh file may not run pickled code. The loaded state is dropped (the
     # metric reads the cached file like any other), so the first run reads it twice.
-    weights.get_state_dict(progress=False, check_hash=True, weights_only=True, map_location="cpu")
+    # torch hub announces the download on stdout; stdout is for --json, so the line goes to stderr with the logs
+    with contextlib.redirect_stdout(sys.stderr):
+        weights.get_state_dict(progress=False, check_hash=True, weights_only=True, map_location="cpu")
 
 
 def _backbone_fix(spec: NetSpec, hub: Path) -> str:
