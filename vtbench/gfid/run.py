@@ -11,15 +11,15 @@ from typing import Any
 
 import torch
 
+from vtbench.gfid.common import DEFAULT_RESOLUTION, RESIZE_SUFFIX, _join_warnings
+from vtbench.gfid.reference import check_sizes, open_reference
+from vtbench.gfid.samples import iter_samples
+from vtbench.gfid.scoring import extract_samples, score_state
 from vtbench.metrics.generation import NEAREST_K
 from vtbench.metrics.inception import check_resize_mode, load_inception
 from vtbench.results import RESULT_FILE, environment, new_record, protocol_section, run_dir, write_json_atomic
 
 log = logging.getLogger("vtbench")
-from vtbench.gfid.common import DEFAULT_RESOLUTION, RESIZE_SUFFIX, _join_warnings
-from vtbench.gfid.reference import check_sizes, open_reference
-from vtbench.gfid.samples import iter_samples
-from vtbench.gfid.scoring import extract_samples, score_state
 
 # -------------------------------------------------------------------------------------------------- the run
 
