@@ -98,7 +98,8 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
         tokenizer=tok_section,
         # n_requested / n_used count samples (leaderboards and compare read them); the reference's own count is
         # n_reference, its subset ref_limit (+ the dataset's selection)
-        dataset={"id": reference.id, **reference.description, "n_requested": limit, "n_used": state.n, "ref_limit": ref_limit},
+        dataset={"id": reference.id, **reference.description, "n_requested": limit, "n_used": state.n,
+                 "ref_limit": ref_limit},
         protocol=protocol_section(protocol),
         metrics={k: v.to_dict() for k, v in values.items()},
         timings={"reference_s": t1 - t0, "samples_s": t2 - t1, "metrics_s": t3 - t2},
