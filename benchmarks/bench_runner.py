@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp / "cache", ignore_errors=True)
             t_one, v_one = one_pass(tok, tmp / f"one-{tok}", args.limit)
             t_two, v_two = two_stage(tok, tmp / f"two-{tok}", args.limit)
-            report["comparisons"].append({"tokenizer": tok, "one_pass_s": round(t_one, 2), "two_stage_s": round(t_two, 2),
+            report["comparisons"].append({"tokenizer": tok, "one_pass_s": round(t_one, 2),
+                                          "two_stage_s": round(t_two, 2),
                                           "speedup_two_stage_over_one_pass": round(t_two / t_one, 2),
                                           "one_pass": v_one, "two_stage": v_two})
             print(f"{tok}: one-pass {t_one:.1f}s, two-stage {t_two:.1f}s, ratio {t_two / t_one:.2f}x; "

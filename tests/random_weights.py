@@ -92,7 +92,10 @@ def _codebooks_with_padding(own: dict[str, torch.Tensor], params: dict[str, Any]
     codebook is one tensor at every depth (torch.save stores it once)."""
     cb = own["quantizer.codebook"]
     depth = int(params["code_shape"][2])
-    pad = lambda t: torch.cat([t, torch.zeros(1, t.shape[-1])])
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, torch.zeros(1, t.shape[-1])])
+
     if params.get("shared_codebook"):
         shared = pad(cb)
         return {f"quantizer.codebooks.{i}.weight": shared for i in range(depth)}

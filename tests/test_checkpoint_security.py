@@ -206,7 +206,8 @@ def test_real_checkpoint_reads_exactly(folder):
     for k, v in tensors.items():
         out = got.obj["tensors"][k]
         assert out.dtype == v.dtype and out.shape == v.shape and torch.equal(out, v.detach()), k
-    assert got.obj["tensors"]["tied"].untyped_storage().data_ptr() == got.obj["tensors"]["view"].untyped_storage().data_ptr()
+    assert (got.obj["tensors"]["tied"].untyped_storage().data_ptr()
+            == got.obj["tensors"]["view"].untyped_storage().data_ptr())
     assert got.obj["args"].lr == 0.1 and got.obj["set"] == {1, 2} and got.obj["bytes"] == b"\x00\xff"
     assert got.obj["cplx"] == 1 + 2j and "inert" in repr(got.obj["cb"])
     folder.untouched()

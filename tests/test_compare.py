@@ -287,7 +287,8 @@ def test_cli_exit_codes_and_outputs(tmp_path):
 
     r = runner.invoke(app, ["compare", str(worse / "embedded" / "tiny.vq" / "result.json"), str(base)])
     assert r.exit_code == 1 and "missing" in r.stdout  # jpeg disappeared
-    r = runner.invoke(app, ["compare", str(same / "embedded" / "tiny.vq" / "result.json"), str(base), "--allow-missing"])
+    r = runner.invoke(app, ["compare", str(same / "embedded" / "tiny.vq" / "result.json"), str(base),
+                            "--allow-missing"])
     assert r.exit_code == 0, r.output
 
     r = runner.invoke(app, ["compare", str(other), str(base), "--junit", str(junit)])

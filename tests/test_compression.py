@@ -93,7 +93,8 @@ def test_scalar_channels_and_token_views():
     assert v["tokens_per_image"].value == 48 and v["bits_per_token"].value == 6.0
     views = v["bits_per_token"].extra["views"]
     assert views == {"positions": {"tokens_per_image": 16, "bits_per_token": 18.0}}
-    assert v["bits_per_image"].value == 48 * 6 == views["positions"]["tokens_per_image"] * views["positions"]["bits_per_token"]
+    assert (v["bits_per_image"].value == 48 * 6
+            == views["positions"]["tokens_per_image"] * views["positions"]["bits_per_token"])
     assert v["codebook_usage"].extra["codebooks"] == 3
     assert math.isclose(v["codebook_usage"].value, (1 / k + 1 / k + 32 / k) / 3)
 
@@ -129,7 +130,8 @@ def test_kind_and_token_views_survive_resume_and_merge():
     merged = Compression(tokenizer=tokenizer)
     merged.merge_state(fed.state_dict())
     for other in (resumed, merged):
-        assert {k: v.to_dict() for k, v in other.compute().items()} == {k: v.to_dict() for k, v in fed.compute().items()}
+        assert ({k: v.to_dict() for k, v in other.compute().items()}
+                == {k: v.to_dict() for k, v in fed.compute().items()})
     assert "a codec has no token positions" in resumed.compute()["tokens_per_image"].reason
 
     views = [Tokens(kind="scalar", bits=code_bits(16, 16, 2), tokens_per_image=16, meta={"token_views": {"scalars": s}})
@@ -140,4 +142,5 @@ def test_kind_and_token_views_survive_resume_and_merge():
     resumed = Compression()
     resumed.load_state_dict(fed.state_dict())
     want = {"scalars": {"tokens_per_image": 160.0, "bits_per_token": 64 / 160}}
-    assert resumed.compute()["tokens_per_image"].extra["views"] == want == fed.compute()["bits_per_token"].extra["views"]
+    assert (resumed.compute()["tokens_per_image"].extra["views"] == want
+            == fed.compute()["bits_per_token"].extra["views"])

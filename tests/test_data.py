@@ -429,7 +429,8 @@ def _make_class_folder(root: Path) -> dict[str, tuple[np.ndarray, int]]:
         p.parent.mkdir(parents=True, exist_ok=True)
         arr = _smooth_rgb(40 + k, 50, seed=k)
         fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}[p.suffix.lower()]
-        Image.fromarray(arr).save(p, format=fmt, **({"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}))
+        Image.fromarray(arr).save(p, format=fmt,
+                                  **({"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}))
         made[rel] = (arr, label)
     (root / "cat" / ".hidden.png").write_bytes(_png_bytes(_noise_rgb(4, 4)))
     (root / ".cache").mkdir()

@@ -139,7 +139,8 @@ def test_precision_recall_k_edges_and_direction():
     assert precision_recall(ref, dup, 3) == np_precision_recall(ref, dup, 3) == (1.0, 0.0)
     # membership is "<=": a point exactly on a ball's boundary is inside
     balls = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
-    assert manifold_membership(torch.tensor([[3.0, 4.0], [3.0, 4.1]]), balls, torch.tensor([25.0])).tolist() == [True, False]
+    assert manifold_membership(torch.tensor([[3.0, 4.0], [3.0, 4.1]]), balls,
+                               torch.tensor([25.0])).tolist() == [True, False]
 
 
 # -- spatial features and the scoring layer -------------------------------------------------------------------

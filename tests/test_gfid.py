@@ -248,7 +248,8 @@ def test_cli_gfid_token_file_end_to_end(tmp_path, extractor, folder_reference, m
     rec = json.loads(Path(summary["result"]).read_text())
     path = result_path(out, rec["dataset"], "tiny.vq")
     assert summary["result"] == str(path) and path.is_file() and path.is_relative_to(out)
-    assert {k: rec["protocol"][k] for k in ("name", "version", "task")} == {"name": "generation", "version": "1.0", "task": "generation"} and rec["protocol"]["settings_sha256"]
+    assert ({k: rec["protocol"][k] for k in ("name", "version", "task")}
+            == {"name": "generation", "version": "1.0", "task": "generation"} and rec["protocol"]["settings_sha256"])
     assert rec["tokenizer"]["name"] == "tiny.vq" and rec["tokenizer"]["family"] == "tiny"
     assert rec["dataset"]["id"] == folder_reference.id and rec["dataset"]["n_reference"] == N_IMAGES
     assert rec["dataset"]["file_sha256"] and rec["samples"]["sha256"]
@@ -316,10 +317,12 @@ def test_adm_statistics_warn_mixed_pipeline(folder_reference, extractor, headed_
               open_reference(str(folder_reference.save(tmp_path / "vt.npz")))):
         assert r.warnings == {}
         v = score_state(headed_state, r, extractor=extractor)
-        assert v["gfid"].extra["warning"].startswith("Frechet distance on") and "mixed" not in v["gfid"].extra["warning"]
+        assert (v["gfid"].extra["warning"].startswith("Frechet distance on")
+                and "mixed" not in v["gfid"].extra["warning"])
     # a third warning (score_state's, e.g. a size mismatch) joins in front and reaches every value
     v = score_state(headed_state, ref, extractor=extractor, warning="SIZE")
-    assert v["gfid"].extra["warning"].startswith("SIZE; Frechet distance on") and "; mixed pipelines" in v["gfid"].extra["warning"]
+    assert (v["gfid"].extra["warning"].startswith("SIZE; Frechet distance on")
+            and "; mixed pipelines" in v["gfid"].extra["warning"])
     assert v["precision"].extra["warning"] == "SIZE"
 
 

@@ -93,7 +93,8 @@ def svgs(html_text: str) -> list[str]:
 def assert_self_contained(page: Path, site_root: Path) -> None:
     text = page.read_text()
     parsed = tags(text)
-    csp = [a.get("content") or "" for t, a in parsed if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
+    csp = [a.get("content") or "" for t, a in parsed
+           if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
     assert len(csp) == 1 and "default-src 'none'" in csp[0]
     for tag, attrs in parsed:
         assert not any(k.startswith("on") for k in attrs), (tag, attrs)

@@ -126,7 +126,8 @@ def test_tokenizer_page_loads_with_images(browser, sites):
     images = browser.find_elements(By.TAG_NAME, "img")
     assert len(images) == 30
     loaded = browser.execute_script(
-        "return Array.prototype.every.call(document.images, function (i) { return i.complete && i.naturalWidth > 0; });")
+        "return Array.prototype.every.call(document.images, "
+        "function (i) { return i.complete && i.naturalWidth > 0; });")
     assert loaded
     assert severe(browser) == []
     browser.find_element(By.LINK_TEXT, "← leaderboard").click()

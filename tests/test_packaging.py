@@ -23,7 +23,8 @@ from vtbench.config import all_cards
 from vtbench.leaderboard.view import SPEED  # outputs that measure the machine: they differ between two runs
 from vtbench.paths import REPO_ROOT
 
-pytestmark = pytest.mark.skipif(REPO_ROOT is None, reason="builds a wheel from the checkout; this is an installed vtbench")
+pytestmark = pytest.mark.skipif(REPO_ROOT is None,
+                                reason="builds a wheel from the checkout; this is an installed vtbench")
 
 SHIPPED = "vtbench/_declarations"
 # Checkout folder -> where the wheel holds it (pyproject.toml's [tool.setuptools.package-dir]).

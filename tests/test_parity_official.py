@@ -88,7 +88,8 @@ def test_fixtures_are_small_and_documented():
 
 
 # -- families whose official codes have vtbench's layout ----------------------------------------------------------
-# llamagen, taming: (N, h, w); rqvae: (N, h, w, depth); gigatok: 1D tokens (N, T); var: the scales' row-major indices concatenated (N, sum p^2)
+# llamagen, taming: (N, h, w); rqvae: (N, h, w, depth); gigatok: 1D tokens (N, T); var: the scales' row-major
+# indices concatenated (N, sum p^2)
 @pytest.mark.parametrize("family", ["llamagen", "taming", "var", "rqvae", "gigatok"])
 def test_codes_and_decoded_match_official(family, tmp_path):
     fx = load_fixture(family)

@@ -158,7 +158,8 @@ def test_sampling_is_seeded_per_sample():
 
 def test_filter_logits():
     x = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
-    assert torch.isinf(filter_logits(x, top_k=2)[0, 2:]).all() and torch.isfinite(filter_logits(x, top_k=2)[0, :2]).all()
+    assert (torch.isinf(filter_logits(x, top_k=2)[0, 2:]).all()
+            and torch.isfinite(filter_logits(x, top_k=2)[0, :2]).all())
     p = torch.softmax(x, -1)[0]  # 0.64, 0.24, 0.09, 0.03
     kept = torch.isfinite(filter_logits(x, top_p=float(p[0] + 0.01)))[0]
     assert kept.tolist() == [True, True, False, False]  # the entry crossing top_p stays
@@ -303,7 +304,8 @@ def test_probe_cli_end_to_end(tmp_path):
     run_dir = tmp_path / "embedded-photos" / "tiny.vq" / "probe-tiny"
     assert obj["result"] == str(run_dir / "result.json")
     rec = json.loads((run_dir / "result.json").read_text())
-    assert {k: rec["protocol"][k] for k in ("name", "version", "task")} == {"name": "probe", "version": "1.0", "task": "generation"} and rec["protocol"]["settings_sha256"]
+    assert ({k: rec["protocol"][k] for k in ("name", "version", "task")}
+            == {"name": "probe", "version": "1.0", "task": "generation"} and rec["protocol"]["settings_sha256"])
     assert rec["tokenizer"]["name"] == "tiny.vq" and rec["tokenizer"]["weights_sha256"]
     assert rec["metrics"]["gfid"]["extra"]["size"] == "tiny" and rec["metrics"]["val_ce"]["unit"] == "nats/token"
     assert rec["dataset"]["n_train"] + rec["dataset"]["n_val"] == 10

@@ -121,7 +121,10 @@ def test_codec_bits_are_real_encoded_sizes_and_quality_orders_them():
     tlo, thi = lo.encode(x), hi.encode(x)
     assert tlo.bits.tolist() == [8.0 * len(p) for p in tlo.payload]
     assert (tlo.bits < thi.bits).all()
-    err = lambda tok, t: (tok.decode(t) - x).abs().mean()
+
+    def err(tok, t):
+        return (tok.decode(t) - x).abs().mean()
+
     assert err(lo, tlo) > err(hi, thi)
     w = build_tokenizer("webp.q50")
     tw = w.encode(x)

@@ -14,8 +14,8 @@ from vtbench.results import dataset_dirname, run_dir
 from vtbench.runner import RunConfig, run
 
 HOSTILE = ["../../escape.png", "/abs/escape.png", "..", ".", "", "a b.png", "a-b.png", "a_b.png", "x.jpg", "x.png", "x",
-           "x.png.png", "dir/../../up.png", "C:\\win\\evil.png", "con\x00trol.png", "~tilde.png", "é.png", ".hidden.png",
-           "-dash.png", "a" * 300]
+           "x.png.png", "dir/../../up.png", "C:\\win\\evil.png", "con\x00trol.png", "~tilde.png", "é.png",
+           ".hidden.png", "-dash.png", "a" * 300]
 
 
 def test_safe_name_keeps_plain_names_and_is_injective():

@@ -92,21 +92,41 @@ def _run_summary(rec: dict[str, Any], path: Path) -> dict[str, Any]:
 
 @app.command()
 def run(
-    tokenizer: Optional[list[str]] = typer.Option(None, "--tokenizer", "-t", help="family.variant (repeatable; wildcards ok). Default: every default-run tokenizer."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="'embedded', 'embedded/<subset>', an image folder, or parquet file(s). Default: the protocol's (embedded; embedded/text for --task text, embedded/detail for --task detail)."),
-    task: Optional[str] = typer.Option(None, "--task", help="reconstruction, text or detail: picks that task's protocol (and its default data)."),
-    annotations: Optional[Path] = typer.Option(None, "--annotations", help="Word manifest (JSONL) for the text task; default: words.jsonl / text_words.jsonl next to the data."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", "-m", help="Comma-separated metrics or output keys (default: the protocol's)."),
+    tokenizer: Optional[list[str]] = typer.Option(
+        None, "--tokenizer", "-t",
+        help="family.variant (repeatable; wildcards ok). Default: every default-run tokenizer."),
+    data: Optional[str] = typer.Option(
+        None, "--data", "-d",
+        help="'embedded', 'embedded/<subset>', an image folder, or parquet file(s). Default: the protocol's "
+             "(embedded; embedded/text for --task text, embedded/detail for --task detail)."),
+    task: Optional[str] = typer.Option(
+        None, "--task",
+        help="reconstruction, text or detail: picks that task's protocol (and its default data)."),
+    annotations: Optional[Path] = typer.Option(
+        None, "--annotations",
+        help="Word manifest (JSONL) for the text task; default: words.jsonl / text_words.jsonl next to the data."),
+    metrics: Optional[str] = typer.Option(
+        None, "--metrics", "-m",
+        help="Comma-separated metrics or output keys (default: the protocol's)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results directory."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Deterministic subset of N images."),
     batch_size: int = typer.Option(16, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="Protocol file name under metrics/ (default: reconstruction, or the --task's)."),
-    preprocess: Optional[str] = typer.Option(None, "--preprocess", help="adm-center-crop, resize-cover-crop, pad-restore, native, native-or-pad, torchvision-resize-crop (`vtbench ls policies`)."),
+    protocol: Optional[str] = typer.Option(
+        None, "--protocol",
+        help="Protocol file name under metrics/ (default: reconstruction, or the --task's)."),
+    preprocess: Optional[str] = typer.Option(
+        None, "--preprocess",
+        help="adm-center-crop, resize-cover-crop, pad-restore, native, native-or-pad, torchvision-resize-crop "
+             "(`vtbench ls policies`)."),
     resolution: Optional[int] = typer.Option(None, "--resolution"),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file (single tokenizer)."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow unpickling checkpoints that weights_only loading refuses. Only for files you trust."),
-    save_reconstructions: Optional[Path] = typer.Option(None, "--save-reconstructions", help="Write reconstructions as PNG under the original names."),
+    trust_checkpoint: bool = typer.Option(
+        False, "--trust-checkpoint",
+        help="Allow unpickling checkpoints that weights_only loading refuses. Only for files you trust."),
+    save_reconstructions: Optional[Path] = typer.Option(
+        None, "--save-reconstructions",
+        help="Write reconstructions as PNG under the original names."),
     force: bool = typer.Option(False, "--force", help="Recompute completed runs."),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
@@ -162,7 +182,8 @@ def run(
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
     from vtbench.results import RESULT_FILE, run_dir
-    summaries = [_run_summary(r, run_dir(out, r["dataset"], r["tokenizer"]["name"], r["protocol"]["name"]) / RESULT_FILE)
+    summaries = [_run_summary(r, run_dir(out, r["dataset"], r["tokenizer"]["name"], r["protocol"]["name"])
+                              / RESULT_FILE)
                  for r in records]
     page = summary_html(out)
     if as_json:
@@ -200,10 +221,12 @@ def fid(
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
-        typer.echo(json.dumps({"metrics": {"fid": _json_safe(res["fid"])}, **{k: v for k, v in res.items() if k != "fid"}},
+        typer.echo(json.dumps({"metrics": {"fid": _json_safe(res["fid"])},
+                               **{k: v for k, v in res.items() if k != "fid"}},
                               indent=2, default=str))
     else:
-        typer.echo(f"FID {res['fid']:.4f}  (n_a={res.get('n_a')}, n_b={res.get('n_b')}, extractor={res.get('extractor')})")
+        typer.echo(f"FID {res['fid']:.4f}  (n_a={res.get('n_a')}, n_b={res.get('n_b')}, "
+                   f"extractor={res.get('extractor')})")
 
 
 RESIZE_HELP = ("Inception input resize: 'clean' (clean-fid, default) or 'adm' (the TF1 bilinear resize of ADM's "
@@ -220,17 +243,36 @@ def _resize_mode(value: str) -> str:
 
 @app.command()
 def gfid(
-    samples: str = typer.Argument(..., help="Generated samples: an image folder, an ADM .npz (arr_0 uint8 NHWC) or a token file .npz (codes)."),
-    ref: str = typer.Option(..., "--ref", help="Reference: an ADM reference batch .npz (mu, sigma[, mu_s, sigma_s][, arr_0]) or a dataset ('embedded/photos', a folder, parquet)."),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="Tokenizer that decodes a token file (overrides the name stored in it)."),
+    samples: str = typer.Argument(
+        ...,
+        help="Generated samples: an image folder, an ADM .npz (arr_0 uint8 NHWC) or a token file .npz (codes)."),
+    ref: str = typer.Option(
+        ..., "--ref",
+        help="Reference: an ADM reference batch .npz (mu, sigma[, mu_s, sigma_s][, arr_0]) or a dataset "
+             "('embedded/photos', a folder, parquet)."),
+    tokenizer: Optional[str] = typer.Option(
+        None, "--tokenizer", "-t",
+        help="Tokenizer that decodes a token file (overrides the name stored in it)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for --tokenizer."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow unpickling tokenizer checkpoints that weights_only loading refuses. Only for files you trust."),
-    name: Optional[str] = typer.Option(None, "--name", help="Row name in the results (default: the tokenizer, else the samples' file or folder name)."),
+    trust_checkpoint: bool = typer.Option(
+        False, "--trust-checkpoint",
+        help="Allow unpickling tokenizer checkpoints that weights_only loading refuses. Only for files you trust."),
+    name: Optional[str] = typer.Option(
+        None, "--name",
+        help="Row name in the results (default: the tokenizer, else the samples' file or folder name)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results directory."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="First N samples (the reference is not limited; see --ref-limit)."),
-    ref_limit: Optional[int] = typer.Option(None, "--ref-limit", help="A seeded N-subset of the reference images (dataset ids, or an npz's arr_0 rows; --seed)."),
-    resolution: Optional[int] = typer.Option(None, "--resolution", help="Dataset references: adm-center-crop size (default: the samples' size when square, else 256)."),
-    allow_size_mismatch: bool = typer.Option(False, "--allow-size-mismatch", help="Score samples and reference images of different sizes anyway (each value then carries a warning)."),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", "-n",
+        help="First N samples (the reference is not limited; see --ref-limit)."),
+    ref_limit: Optional[int] = typer.Option(
+        None, "--ref-limit",
+        help="A seeded N-subset of the reference images (dataset ids, or an npz's arr_0 rows; --seed)."),
+    resolution: Optional[int] = typer.Option(
+        None, "--resolution",
+        help="Dataset references: adm-center-crop size (default: the samples' size when square, else 256)."),
+    allow_size_mismatch: bool = typer.Option(
+        False, "--allow-size-mismatch",
+        help="Score samples and reference images of different sizes anyway (each value then carries a warning)."),
     resize: str = typer.Option("clean", "--resize", help=RESIZE_HELP),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
@@ -321,9 +363,13 @@ def _compare_table(report: Any):
 def compare(
     new: Path = typer.Argument(..., help="New results: a results directory or one result.json."),
     baseline: Path = typer.Argument(..., help="Baseline results: a results directory or one result.json."),
-    tolerances: Optional[Path] = typer.Option(None, "--tolerances", help="TOML tolerances merged over metrics/compare.toml."),
+    tolerances: Optional[Path] = typer.Option(
+        None, "--tolerances",
+        help="TOML tolerances merged over metrics/compare.toml."),
     abs_tol: Optional[list[str]] = typer.Option(None, "--abs", help="METRIC=VALUE absolute tolerance (repeatable)."),
-    rel_tol: Optional[list[str]] = typer.Option(None, "--rel", help="METRIC=VALUE tolerance relative to |baseline| (repeatable)."),
+    rel_tol: Optional[list[str]] = typer.Option(
+        None, "--rel",
+        help="METRIC=VALUE tolerance relative to |baseline| (repeatable)."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here (for CI test reports)."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Baseline entries absent from NEW do not fail."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
@@ -441,7 +487,9 @@ app.add_typer(data_app, name="data")
 @data_app.command("convert-tokbench")
 def data_convert_tokbench(
     src: Path = typer.Argument(..., help="TokBench text annotation JSON (list of {file_name, annotations})."),
-    out: Path = typer.Option(..., "--out", "-o", help="Word manifest to write (JSONL); put it next to the images as words.jsonl."),
+    out: Path = typer.Option(
+        ..., "--out", "-o",
+        help="Word manifest to write (JSONL); put it next to the images as words.jsonl."),
 ) -> None:
     """Convert TokBench's text annotations into vtbench's word manifest (keeps TokBench's size ratios)."""
     from vtbench.data.annotations import AnnotationError, convert_tokbench
@@ -506,24 +554,53 @@ def leaderboard_build(
 @app.command()
 def probe(
     tokenizer: str = typer.Argument(..., help="family.variant of a tokenizer with integer codes."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Training data (class subfolders give labels). Default: the protocol's (embedded/photos)."),
-    size: Optional[str] = typer.Option(None, "--size", help="Prior size from metrics/probe.toml: tiny (CPU smoke test, the default), S, B (LlamaGen GPT-B, GigaTok's protocol)."),
-    val_data: Optional[str] = typer.Option(None, "--val-data", help="Validation dataset for the cross-entropy (default: a seeded 10% split of --data by id hash)."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="gFID reference: a dataset or a reference .npz (e.g. VIRTUAL_imagenet256_labeled.npz). Default: --data."),
+    data: Optional[str] = typer.Option(
+        None, "--data", "-d",
+        help="Training data (class subfolders give labels). Default: the protocol's (embedded/photos)."),
+    size: Optional[str] = typer.Option(
+        None, "--size",
+        help="Prior size from metrics/probe.toml: tiny (CPU smoke test, the default), S, B (LlamaGen GPT-B, "
+             "GigaTok's protocol)."),
+    val_data: Optional[str] = typer.Option(
+        None, "--val-data",
+        help="Validation dataset for the cross-entropy (default: a seeded 10% split of --data by id hash)."),
+    reference: Optional[str] = typer.Option(
+        None, "--reference",
+        help="gFID reference: a dataset or a reference .npz (e.g. VIRTUAL_imagenet256_labeled.npz). Default: --data."),
     resize: str = typer.Option("clean", "--resize", help=RESIZE_HELP),
-    resolution: Optional[int] = typer.Option(None, "--resolution", help="Image size (default: the tokenizer's native size, else the size's / protocol's)."),
+    resolution: Optional[int] = typer.Option(
+        None, "--resolution",
+        help="Image size (default: the tokenizer's native size, else the size's / protocol's)."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Deterministic subset of N images of --data."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (overrides the size's budget; recorded, changes the fingerprint)."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs (overrides the size's budget; recorded, changes the fingerprint)."),
-    cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", help="Fixed classifier-free guidance scale (no search)."),
-    cfg_search: Optional[bool] = typer.Option(None, "--cfg-search/--no-cfg-search", help="Search the CFG scale in 0.25 steps (GigaTok); default: the size's setting."),
-    samples_per_class: Optional[int] = typer.Option(None, "--samples-per-class", help="Samples per class (default: the size's; 50 at B)."),
+    steps: Optional[int] = typer.Option(
+        None, "--steps",
+        help="Training steps (overrides the size's budget; recorded, changes the fingerprint)."),
+    epochs: Optional[float] = typer.Option(
+        None, "--epochs",
+        help="Training epochs (overrides the size's budget; recorded, changes the fingerprint)."),
+    cfg_scale: Optional[float] = typer.Option(
+        None, "--cfg-scale",
+        help="Fixed classifier-free guidance scale (no search)."),
+    cfg_search: Optional[bool] = typer.Option(
+        None, "--cfg-search/--no-cfg-search",
+        help="Search the CFG scale in 0.25 steps (GigaTok); default: the size's setting."),
+    samples_per_class: Optional[int] = typer.Option(
+        None, "--samples-per-class",
+        help="Samples per class (default: the size's; 50 at B)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Tokenizer weights file."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow unpickling tokenizer checkpoints that weights_only loading refuses."),
-    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results directory (run in <out>/<dataset>/<tokenizer>/probe-<size>/)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ... (under torchrun: each rank's LOCAL_RANK GPU)."),
+    trust_checkpoint: bool = typer.Option(
+        False, "--trust-checkpoint",
+        help="Allow unpickling tokenizer checkpoints that weights_only loading refuses."),
+    out: Path = typer.Option(
+        Path("results"), "--out", "-o",
+        help="Results directory (run in <out>/<dataset>/<tokenizer>/probe-<size>/)."),
+    device: str = typer.Option(
+        "auto", "--device",
+        help="auto, cpu, cuda, cuda:1 ... (under torchrun: each rank's LOCAL_RANK GPU)."),
     seed: int = typer.Option(0, "--seed"),
-    force: bool = typer.Option(False, "--force", help="Train from scratch (drops the checkpoint and result; keeps the token cache)."),
+    force: bool = typer.Option(
+        False, "--force",
+        help="Train from scratch (drops the checkpoint and result; keeps the token cache)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     cards: Optional[list[Path]] = typer.Option(None, "--cards", help=CARDS_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -540,8 +617,8 @@ def probe(
     from vtbench.probe import CheckpointMismatch, ProbeConfig, run_probe
     from vtbench.registry import UnknownNameError
     cfg = ProbeConfig(tokenizer=tokenizer, data=data, size=size, val_data=val_data, reference=reference,
-                      resize=resize, resolution=resolution, limit=limit, seed=seed, steps=steps, epochs=epochs, cfg_scale=cfg_scale,
-                      cfg_search=cfg_search, samples_per_class=samples_per_class, weights=weights,
+                      resize=resize, resolution=resolution, limit=limit, seed=seed, steps=steps, epochs=epochs,
+                      cfg_scale=cfg_scale, cfg_search=cfg_search, samples_per_class=samples_per_class, weights=weights,
                       trust_checkpoint=trust_checkpoint, device=device, out=out, force=force,
                       progress=not (quiet or as_json))
     try:

@@ -56,7 +56,8 @@ def load_word_manifest(path: str | os.PathLike) -> dict[str, list[dict[str, Any]
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise AnnotationError(f"{where}: not JSON ({exc.msg}); one object per line: "
-                                  f'{{"image": "a.png", "words": [{{"text": "...", "box": [x0, y0, x1, y1]}}]}}') from None
+                                  f'{{"image": "a.png", "words": '
+                                  f'[{{"text": "...", "box": [x0, y0, x1, y1]}}]}}') from None
         if not isinstance(rec, dict) or not isinstance(rec.get("image"), str) or not isinstance(rec.get("words"), list):
             raise AnnotationError(f"{where}: needs 'image' (string) and 'words' (list)")
         if rec["image"] in out:

@@ -12,10 +12,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from vtbench.gfid.common import TOKEN_FILE_FORMAT, TOKEN_FILE_VERSION, SampleFormatError
 from vtbench.results import write_npz_atomic
 
 log = logging.getLogger("vtbench")
-from vtbench.gfid.common import TOKEN_FILE_FORMAT, TOKEN_FILE_VERSION, SampleFormatError
 
 # ------------------------------------------------------------------------------------------------ npz reading
 

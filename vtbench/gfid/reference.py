@@ -14,6 +14,17 @@ import numpy as np
 import torch
 
 from vtbench.core import Progress, fingerprint
+from vtbench.gfid.common import (
+    DEFAULT_RESOLUTION,
+    PR_REFERENCE_SIZE,
+    REFERENCE_CACHE_VERSION,
+    REFERENCE_META_KEY,
+    SampleFormatError,
+    SizeMismatchError,
+    mixed_pipeline_warning,
+)
+from vtbench.gfid.files import check_adm_images, iter_npz_rows, npz_array_info, npz_keys
+from vtbench.gfid.samples import Samples, _nhwc_to_tensor
 from vtbench.metrics.frechet import FeatureStats, GaussianStats
 from vtbench.metrics.generation import GenerationState
 from vtbench.metrics.inception import (
@@ -27,17 +38,6 @@ from vtbench.metrics.inception import (
 from vtbench.results import write_npz_atomic
 
 log = logging.getLogger("vtbench")
-from vtbench.gfid.common import (
-    DEFAULT_RESOLUTION,
-    PR_REFERENCE_SIZE,
-    REFERENCE_CACHE_VERSION,
-    REFERENCE_META_KEY,
-    SampleFormatError,
-    SizeMismatchError,
-    mixed_pipeline_warning,
-)
-from vtbench.gfid.files import check_adm_images, iter_npz_rows, npz_array_info, npz_keys
-from vtbench.gfid.samples import Samples, _nhwc_to_tensor
 
 # -------------------------------------------------------------------------------------------------- reference
 

@@ -11,15 +11,15 @@ from typing import Any
 
 import torch
 
+from vtbench.gfid.common import DEFAULT_RESOLUTION, RESIZE_SUFFIX, _join_warnings
+from vtbench.gfid.reference import check_sizes, open_reference
+from vtbench.gfid.samples import iter_samples
+from vtbench.gfid.scoring import extract_samples, score_state
 from vtbench.metrics.generation import NEAREST_K
 from vtbench.metrics.inception import check_resize_mode, load_inception
 from vtbench.results import RESULT_FILE, environment, new_record, protocol_section, run_dir, write_json_atomic
 
 log = logging.getLogger("vtbench")
-from vtbench.gfid.common import DEFAULT_RESOLUTION, RESIZE_SUFFIX, _join_warnings
-from vtbench.gfid.reference import check_sizes, open_reference
-from vtbench.gfid.samples import iter_samples
-from vtbench.gfid.scoring import extract_samples, score_state
 
 # -------------------------------------------------------------------------------------------------- the run
 
@@ -98,7 +98,8 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
         tokenizer=tok_section,
         # n_requested / n_used count samples (leaderboards and compare read them); the reference's own count is
         # n_reference, its subset ref_limit (+ the dataset's selection)
-        dataset={"id": reference.id, **reference.description, "n_requested": limit, "n_used": state.n, "ref_limit": ref_limit},
+        dataset={"id": reference.id, **reference.description, "n_requested": limit, "n_used": state.n,
+                 "ref_limit": ref_limit},
         protocol=protocol_section(protocol),
         metrics={k: v.to_dict() for k, v in values.items()},
         timings={"reference_s": t1 - t0, "samples_s": t2 - t1, "metrics_s": t3 - t2},

@@ -14,10 +14,10 @@ import torch
 from vtbench.core import quantise_uint8
 from vtbench.data.images import load_image
 from vtbench.fid_tool import list_images
-
-log = logging.getLogger("vtbench")
 from vtbench.gfid.common import SampleFormatError
 from vtbench.gfid.files import check_adm_images, iter_npz_rows, npz_array_info, npz_keys, read_token_file
+
+log = logging.getLogger("vtbench")
 
 # ---------------------------------------------------------------------------------------------------- samples
 

@@ -10,14 +10,14 @@ import numpy as np
 import torch
 
 from vtbench.core import Progress
+from vtbench.gfid.common import FULL_RANK_N, OUTPUTS, _join_warnings, metric_key
+from vtbench.gfid.reference import Reference
 from vtbench.metrics.base import MetricValue
 from vtbench.metrics.frechet import FeatureStats, GaussianStats, frechet_distance
 from vtbench.metrics.generation import IS_SPLIT_SIZE, NEAREST_K, PR_BLOCK_SIZE, GenerationState, precision_recall
 from vtbench.metrics.inception import FEATURE_DIM, SPATIAL_DIM, InceptionExtractor, load_inception
 
 log = logging.getLogger("vtbench")
-from vtbench.gfid.common import FULL_RANK_N, OUTPUTS, _join_warnings, metric_key
-from vtbench.gfid.reference import Reference
 
 # ---------------------------------------------------------------------------------------------------- scoring
 

@@ -240,7 +240,8 @@ def _mark_best(rows: list[Row], entries: list[Entry], columns: list[Column], fir
 
 def build_table(title: str, entries: list[Entry], link_prefix: str = "tokenizers/") -> Table:
     mcols = metric_columns(entries)
-    fixed = [Column("_tokenizer", "Tokenizer", group="run", title="tokenizer (family.variant); grey rows are references"),
+    fixed = [Column("_tokenizer", "Tokenizer", group="run",
+                    title="tokenizer (family.variant); grey rows are references"),
              Column("_kind", "Kind", group="run", title="quantiser kind, or reference / codec"),
              Column("_n", "N", "images", group="run", title="images used")]
     rows = []

@@ -4,7 +4,8 @@ Two protocols, both with an offline OCR engine (``vtbench.ocr``; EasyOCR by defa
 
 ``text`` — with ground truth (TokBench's protocol). Every ground-truth word box, grown by ``crop_margin`` (0.15)
 of its shorter side so the recogniser sees the word's edges (tight boxes halve EasyOCR's accuracy even on the
-originals: 47.5% vs 93.3% of the 1,404 embedded words), is cropped from the reconstruction at the ORIGINAL resolution (the ``pad-restore`` policy brings it back) and recognised:
+originals: 47.5% vs 93.3% of the 1,404 embedded words), is cropped from the reconstruction at the ORIGINAL
+resolution (the ``pad-restore`` policy brings it back) and recognised:
 ``text_acc`` = case-sensitive exact match, ``text_ned`` = 1 - edit distance / longer length. Words are bucketed by
 relative size (``min(box w, box h) / max(image h, image w)`` unless the annotation carries TokBench's own
 ``ratio``) with TokBench's edges for the tokenizer's input resolution; the headline is the unweighted mean of the
@@ -293,7 +294,8 @@ class OCRErrorRate(Metric):
         self.cache.save()
         n = int(self.n - self.n_empty_reference)
         extra = {"n_empty_reference": int(self.n_empty_reference), "ref_chars": int(self.ref_chars),
-                 "ref_words": int(self.ref_words), "reference": "OCR of the original", "engine": self.engine.provenance(),
+                 "ref_words": int(self.ref_words), "reference": "OCR of the original",
+                 "engine": self.engine.provenance(),
                  "reduction": "summed edit distance / summed reference length"}
         if n == 0 or self.ref_chars == 0:
             why = "the OCR engine read no text on any original"

@@ -150,7 +150,8 @@ def lr_at(step: int, s: TrainSettings) -> float:
 
 def _autocast(device: torch.device):
     # bf16 autocast on CUDA only: CPU runs stay fp32 (exact resume checks, no slow CPU bf16 kernels)
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    return (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+            else torch.autocast("cpu", enabled=False))
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------------

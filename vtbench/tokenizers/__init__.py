@@ -39,7 +39,8 @@ def list_tokenizers(pattern: str | None = None, *, default_run: bool | None = No
 
 def build_tokenizer(name: str, *, weights: str | Path | None = None, trust: bool = False,
                     device: str | torch.device = "cpu") -> Tokenizer:
-    """Construct the adapter for ``name`` (``family.variant``); weights resolve as ``vtbench.tokenizers.weights`` says."""
+    """Construct the adapter for ``name`` (``family.variant``); weights resolve as ``vtbench.tokenizers.weights``
+    says."""
     from vtbench.config import get_card
     return tokenizer_from_card(get_card(name), weights=weights, trust=trust, device=device)
 

@@ -131,11 +131,13 @@ class Tokenizer:
             raise ValueError(f"codes must be integers, got {codes.dtype}")
         expected = tuple(template.codes.shape[1:])
         if codes.ndim != len(expected) + 1 or tuple(codes.shape[1:]) != expected:
-            raise ValueError(f"{self.name} at {height}x{width} makes codes of shape (N, {', '.join(map(str, expected))})"
+            raise ValueError(f"{self.name} at {height}x{width} makes codes of shape "
+                             f"(N, {', '.join(map(str, expected))})"
                              f" with layout {template.layout}; got {tuple(codes.shape)}")
         k = int(template.codebook_size)
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= k):
-            raise ValueError(f"codes must lie in [0, {k}) for {self.name}; got [{int(codes.min())}, {int(codes.max())}]")
+            raise ValueError(f"codes must lie in [0, {k}) for {self.name}; "
+                             f"got [{int(codes.min())}, {int(codes.max())}]")
         n = codes.shape[0]
         return Tokens(kind=template.kind, bits=template.bits[:1].expand(n).clone(),
                       tokens_per_image=template.tokens_per_image, codes=codes.long().to(template.codes.device),

@@ -378,7 +378,8 @@ def read_zip_inert(path: str, *, max_pickle_bytes: int = 1 << 30) -> InertResult
                 raise RefusedCheckpoint("persistent-id", f"unexpected persistent id {pid!r:.120}")
             _, stype, key, _location, numel = pid
             if not isinstance(stype, StorageType) or stype in _TENSOR_MARKERS.values():
-                raise RefusedCheckpoint("persistent-id", f"storage type must be a torch storage class, got {stype!r:.80}")
+                raise RefusedCheckpoint("persistent-id",
+                                        f"storage type must be a torch storage class, got {stype!r:.80}")
             if isinstance(key, bytes):
                 key = key.decode("ascii", "replace")
             if not isinstance(key, str) or not _KEY.match(key) or f"{prefix}data/{key}" not in entries:

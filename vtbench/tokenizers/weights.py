@@ -45,8 +45,8 @@ def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None,
 
     ``spec`` keys: ``file`` (file name), ``sha256`` (optional), ``url`` (where it is published),
     ``hub_repo`` / ``hub_filename`` (optional Hugging Face location), ``bundled`` (path relative to the
-    declarations root, ``tokenizers/weights/...``, for weights that ship with vtbench). With ``directory = true`` the weights are a directory
-    (e.g. a diffusers model folder), see ``_resolve_directory``.
+    declarations root, ``tokenizers/weights/...``, for weights that ship with vtbench). With ``directory = true``
+    the weights are a directory (e.g. a diffusers model folder), see ``_resolve_directory``.
     """
     if spec.get("directory"):
         return _resolve_directory(spec, explicit, name=name, allow_hub=allow_hub)
@@ -79,9 +79,11 @@ def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None,
             hub_error = ""
     else:
         hub_error = ""
-    where = spec.get("url") or (f"https://huggingface.co/{spec['hub_repo']}" if spec.get("hub_repo") else "its official release")
+    where = spec.get("url") or (f"https://huggingface.co/{spec['hub_repo']}" if spec.get("hub_repo")
+                                else "its official release")
     sha = spec.get("sha256") or "unknown (not published; recorded when first used)"
-    target = f"$VTBENCH_WEIGHTS/{file_name}" if wdir else f"~/vtbench-weights/{file_name} and export VTBENCH_WEIGHTS=~/vtbench-weights"
+    target = (f"$VTBENCH_WEIGHTS/{file_name}" if wdir
+              else f"~/vtbench-weights/{file_name} and export VTBENCH_WEIGHTS=~/vtbench-weights")
     raise MissingWeightsError(
         f"{name}: weights file {file_name!r} not found{hub_error}.\n"
         f"  source: {where}\n  sha256: {sha}\n"
@@ -146,11 +148,13 @@ def _resolve_directory(spec: Mapping[str, Any], explicit: str | Path | None, *, 
             hub_error = f" (hub snapshot has no {sub!r} folder)"
         except Exception as exc:  # offline, gated, missing: fall through to the actionable error
             hub_error = f" (hub download failed: {type(exc).__name__}: {exc})"
-    where = spec.get("url") or (f"https://huggingface.co/{spec['hub_repo']}" if spec.get("hub_repo") else "its official release")
+    where = spec.get("url") or (f"https://huggingface.co/{spec['hub_repo']}" if spec.get("hub_repo")
+                                else "its official release")
     local = f"$VTBENCH_WEIGHTS/{dir_name}" if wdir else f"~/vtbench-weights/{dir_name}"
     target = local if wdir else f"{local} and export VTBENCH_WEIGHTS=~/vtbench-weights"
     if spec.get("hub_repo"):
-        how = f"huggingface-cli download {spec['hub_repo']} " + " ".join(f"'{f}'" for f in files) + f" --local-dir {local}"
+        how = (f"huggingface-cli download {spec['hub_repo']} " + " ".join(f"'{f}'" for f in files)
+               + f" --local-dir {local}")
         if spec.get("gated"):
             how += " (gated: accept the licence on the hub and `huggingface-cli login` first)"
     else:
@@ -339,7 +343,8 @@ def convert_to_safetensors(src: str | Path, dst: str | Path, *, trust: bool = Fa
             "source_sha256": meta["source_sha256"], "output": str(dst)}
 
 
-def unwrap_state_dict(obj: Any, keys: tuple[str, ...] = ("ema", "model", "state_dict", "module")) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(obj: Any, keys: tuple[str, ...] = ("ema", "model", "state_dict", "module")
+                      ) -> dict[str, torch.Tensor]:
     """The tensor dict inside common wrapper dicts (``ema`` preferred, then ``model``, ...); see
     ``extract_state_dict`` for the details and for drop/strip options."""
     return extract_state_dict(obj, prefer=keys).state
@@ -430,7 +435,8 @@ def extract_state_dict(obj: Any, *, prefer: Iterable[str] = ("ema", "model", "st
     return ExtractedState(state, wrapper, dropped)
 
 
-def rename_keys(state: Mapping[str, torch.Tensor], rules: Iterable[tuple[str, str | Callable[[re.Match], str]]]) -> dict[str, torch.Tensor]:
+def rename_keys(state: Mapping[str, torch.Tensor],
+                rules: Iterable[tuple[str, str | Callable[[re.Match], str]]]) -> dict[str, torch.Tensor]:
     """Apply regex substitution ``rules`` (first match wins, anchored at the start) to every key."""
     compiled = [(re.compile(p), r) for p, r in rules]
     out: dict[str, torch.Tensor] = {}
