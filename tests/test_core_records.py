@@ -46,8 +46,9 @@ def test_edited_protocol_without_a_version_bump_is_told_apart(tmp_path, monkeypa
     edited = tmp_path / "protocols"
     shutil.copytree(PROTOCOLS_DIR, edited)
     text = (edited / "reconstruction.toml").read_text()
-    assert 'version = "1.0"' in text
-    (edited / "reconstruction.toml").write_text(text + "\n[pixel_edit_for_test]\nthreshold = 3\n")
+    assert 'version = "1.0"' in text and "\nalpha = 0.5\n" in text
+    # a setting that is read (pFID's default alpha) edited in place, the version left at 1.0
+    (edited / "reconstruction.toml").write_text(text.replace("\nalpha = 0.5\n", "\nalpha = 0.25\n"))
     monkeypatch.setattr(vtbench.config, "PROTOCOLS_DIR", edited)
     assert load_protocol("reconstruction").version == "1.0"
     (rec_b,) = run(["jpeg.q50"], _cfg("embedded/photos", out_b, **cfg))
