@@ -71,6 +71,11 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
                         handlers=[RichHandler(console=Console(stderr=True), show_path=False)], force=True)
 
 
+TRUST_HELP = ("Unpickle a checkpoint that weights-only loading and the inert reader refuse. This runs arbitrary "
+              "code from the file: only for files you trust (then `vtbench weights convert FILE "
+              "--trust-checkpoint` once and load the safetensors copy).")
+
+
 def _fail(msg: str, code: int = 1) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
@@ -123,7 +128,7 @@ def run(
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file (single tokenizer)."),
     trust_checkpoint: bool = typer.Option(
         False, "--trust-checkpoint",
-        help="Allow unpickling checkpoints that weights_only loading refuses. Only for files you trust."),
+        help=TRUST_HELP),
     save_reconstructions: Optional[Path] = typer.Option(
         None, "--save-reconstructions",
         help="Write reconstructions as PNG under the original names."),
@@ -256,7 +261,7 @@ def gfid(
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for --tokenizer."),
     trust_checkpoint: bool = typer.Option(
         False, "--trust-checkpoint",
-        help="Allow unpickling tokenizer checkpoints that weights_only loading refuses. Only for files you trust."),
+        help=TRUST_HELP),
     name: Optional[str] = typer.Option(
         None, "--name",
         help="Row name in the results (default: the tokenizer, else the samples' file or folder name)."),
@@ -590,7 +595,7 @@ def probe(
     weights: Optional[str] = typer.Option(None, "--weights", help="Tokenizer weights file."),
     trust_checkpoint: bool = typer.Option(
         False, "--trust-checkpoint",
-        help="Allow unpickling tokenizer checkpoints that weights_only loading refuses."),
+        help=TRUST_HELP),
     out: Path = typer.Option(
         Path("results"), "--out", "-o",
         help="Results directory (run in <out>/<dataset>/<tokenizer>/probe-<size>/)."),
