@@ -124,7 +124,7 @@ def git_commit() -> dict[str, Any]:
 def environment(device: str) -> dict[str, Any]:
     import torch
     env = {"python": platform.python_version(), "platform": platform.platform(), "device": device}
-    for pkg in ("torch", "torchvision", "torchmetrics", "clean-fid", "numpy", "scipy", "pillow", "timm"):
+    for pkg in ("torch", "torchvision", "torchmetrics", "clean-fid", "numpy", "scipy", "pillow"):
         env[pkg] = _version(pkg)
     if device.startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(torch.device(device))
