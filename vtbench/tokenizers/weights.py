@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from vtbench.paths import downloads_allowed
+
 if TYPE_CHECKING:  # torch loads with the first checkpoint: resolving and listing weights stays torch-free
     import torch
 
@@ -32,11 +34,6 @@ class UntrustedCheckpointError(RuntimeError):
 
 class WeightsMismatchError(RuntimeError):
     """The file's state dict does not fit the architecture (missing/unexpected keys or shapes)."""
-
-
-def _hub_allowed() -> bool:
-    from vtbench.paths import downloads_allowed  # one switch for tokenizer and metric (LPIPS) downloads
-    return downloads_allowed()
 
 
 def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None, *, name: str = "",
@@ -69,7 +66,7 @@ def resolve_weights(spec: Mapping[str, Any], explicit: str | Path | None = None,
             found = converted_copy(cand) or (cand if cand.is_file() else None)
             if found:
                 return found
-    if spec.get("hub_repo") and allow_hub and _hub_allowed():
+    if spec.get("hub_repo") and allow_hub and downloads_allowed():
         try:
             from huggingface_hub import hf_hub_download
             return Path(hf_hub_download(spec["hub_repo"], spec.get("hub_filename", file_name)))
@@ -139,7 +136,7 @@ def _resolve_directory(spec: Mapping[str, Any], explicit: str | Path | None, *, 
         if p is not None:
             return p
     hub_error = ""
-    if spec.get("hub_repo") and allow_hub and _hub_allowed():
+    if spec.get("hub_repo") and allow_hub and downloads_allowed():
         try:
             from huggingface_hub import snapshot_download
             p = _model_dir(Path(snapshot_download(spec["hub_repo"], allow_patterns=files)), sub)
