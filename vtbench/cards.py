@@ -21,6 +21,7 @@ or family declared twice is an error. This module imports no torch: listing and 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -65,6 +66,9 @@ class TokenizerCard:
     default_run: bool = False
     published: list[dict[str, Any]] = field(default_factory=list)
     official_preprocessing: dict[str, Any] | None = None  # see OFFICIAL_PREPROCESSING_FIELDS
+    # a rate sweep (see SWEEP_FIELDS): on the group variant, the declared sweep; on each generated setting,
+    # {"group": "restok.l-128", "param": "num_tokens", "value": 16}
+    sweep: dict[str, Any] | None = None
     card_path: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -75,8 +79,23 @@ class TokenizerCard:
             "params": self.params, "weights": self.weights, "native_size": self.native_size,
             "size_multiple": self.size_multiple, "input_range": self.input_range,
             "reference": self.reference, "published": self.published,
-            "official_preprocessing": self.official_preprocessing, "card_path": self.card_path,
+            "official_preprocessing": self.official_preprocessing, "sweep": self.sweep,
+            "card_path": self.card_path,
         }
+
+    @property
+    def sweep_group(self) -> str | None:
+        """The name shared by every setting of this variant's rate sweep (None: not part of a sweep)."""
+        if not self.sweep:
+            return None
+        return self.sweep.get("group", self.name)
+
+    @property
+    def sweep_settings(self) -> list[str]:
+        """On a sweep's group variant: the names of its settings, in declared order (else ``[]``)."""
+        if not self.sweep or "group" in self.sweep:
+            return []
+        return [sweep_setting_name(self.name, self.sweep, v) for v in self.sweep["values"]]
 
 
 # -- schema: key -> accepted types ---------------------------------------------------------------------------
@@ -85,8 +104,12 @@ CARD_FIELDS: dict[str, tuple[type, ...]] = {
     "kind": (str,), "entry": (str,), "description": (str,), "source": (str,), "license": (str,),
     "params": (dict,), "weights": (dict,), "native_size": (int,), "size_multiple": (int,),
     "input_range": (str,), "reference": (bool,), "default_run": (bool,), "published": (list,),
-    "official_preprocessing": (dict,),
+    "official_preprocessing": (dict,), "sweep": (dict,),
 }
+# a rate sweep: the variant is evaluated at every value of one adapter parameter (a token count), each setting a
+# tokenizer of its own named ``<variant>-<label><value>`` (``restok.l-128-k16``) with one result record; the
+# variant's own name runs its ``params`` value (the full rate), and ``vtbench run --sweep`` runs them all
+SWEEP_FIELDS: dict[str, tuple[type, ...]] = {"param": (str,), "values": (list,), "label": (str,), "note": (str,)}
 # how the family's official evaluation preprocesses images, where it differs from the protocol's policy: a
 # vtbench policy that reproduces it (with its parameters), where that is written in the official code, and why
 # it matters; tests/test_calibration.py uses it to reproduce the family's published numbers
@@ -104,6 +127,7 @@ WEIGHTS_FIELDS: dict[str, tuple[type, ...]] = {
 PUBLISHED_FIELDS: dict[str, tuple[type, ...]] = {
     "metric": (str,), "value": _NUM, "dataset": (str,), "resolution": (int,), "source": (str,),
     "protocol": (str,), "tolerance": _NUM, "calibrate": (bool,),
+    "setting": _NUM,  # a rate sweep's setting the number was measured at (e.g. the token count)
 }
 PUBLISHED_REQUIRED = ("metric", "value", "dataset", "source")
 _FILE_KEYS = ("family", "variants", "defaults")
@@ -197,9 +221,36 @@ def parse_card_file(path: str | Path) -> list[TokenizerCard]:
         if merged.get("size_multiple", 1) < 1 or merged.get("native_size", 1) < 1:
             raise CardError(f"{where}: native_size and size_multiple must be positive")
         kw = {k: merged[k] for k in CARD_FIELDS if k in merged and k != "params"}
-        cards.append(TokenizerCard(name=f"{family}.{variant}", family=family, variant=variant,
-                                   params=merged.get("params", {}), card_path=str(path), raw=merged, **kw))
+        card = TokenizerCard(name=f"{family}.{variant}", family=family, variant=variant,
+                             params=merged.get("params", {}), card_path=str(path), raw=merged, **kw)
+        cards.append(card)
+        if card.sweep is not None:
+            cards += _sweep_settings(card, where)
     return cards
+
+
+def sweep_setting_name(group: str, sweep: Mapping[str, Any], value: Any) -> str:
+    return f"{group}-{sweep.get('label', '')}{value}"
+
+
+def _sweep_settings(card: TokenizerCard, where: str) -> list[TokenizerCard]:
+    """The settings of ``card``'s rate sweep, one card each (``params[param] = value``)."""
+    sweep = card.sweep or {}
+    check_table(sweep, SWEEP_FIELDS, f"{where}: [sweep]")
+    param, values = sweep.get("param"), sweep.get("values")
+    if not param or not values or not all(_type_ok(v, _NUM) for v in values):
+        raise CardError(f"{where}: [sweep] needs 'param' (an adapter parameter) and 'values' (a non-empty array of "
+                        f"numbers), got {dict(sweep)!r}")
+    if len(set(values)) != len(values):
+        raise CardError(f"{where}: [sweep] values repeat: {values!r}")
+    out = []
+    for v in values:
+        name = sweep_setting_name(card.name, sweep, v)
+        out.append(dataclasses.replace(
+            card, name=name, variant=name.split(".", 1)[1], params={**card.params, param: v}, default_run=False,
+            published=[p for p in card.published if p.get("setting", v) == v and "setting" in p],
+            sweep={"group": card.name, "param": param, "value": v, "label": sweep.get("label", "")}))
+    return out
 
 
 # -- where cards come from --------------------------------------------------------------------------------

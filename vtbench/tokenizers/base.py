@@ -49,6 +49,10 @@ class Tokens:
     # The vectors the quantiser saw, in its own space (after any l2-normalisation), one per code position:
     # (N, *layout, C). Kept so pFID can build each token's neighbour set; None for codecs and continuous kinds.
     quantizer_input: torch.Tensor | None = None
+    # One seed per image for decoders that sample (flow / diffusion decoders): set by the runner from the run's
+    # seed and each image's id (``image_seeds``), so a sampled reconstruction depends on neither batch size nor
+    # order. None: ``per_image_normal`` falls back to seeds from the batch position (documented as such).
+    seeds: list[int] | None = None
 
     def __len__(self) -> int:
         return int(self.bits.shape[0])
@@ -60,6 +64,30 @@ class Tokens:
         return self.bits / self.tokens_per_image
 
 
+def image_seeds(ids: list[str], seed: int) -> list[int]:
+    """One 63-bit seed per image id, from sha256 of ``"<seed>:<id>"``: the same image gets the same noise at any
+    batch size, position or process count."""
+    import hashlib
+    return [int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode("utf-8", "surrogatepass")).digest()[:8], "big") >> 1
+            for i in ids]
+
+
+def per_image_normal(tokens: "Tokens", shape: tuple[int, ...], *, device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32, stream: int = 0) -> torch.Tensor:
+    """Standard normal noise ``(N, *shape)`` for a sampling decoder: row ``i`` comes from a CPU generator seeded
+    with ``tokens.seeds[i]`` (+ ``stream`` for a second, independent draw such as a re-noising step), then moved to
+    ``device``. CPU generators make the draws identical on every device."""
+    n = len(tokens)
+    seeds = tokens.seeds if tokens.seeds is not None else image_seeds([str(i) for i in range(n)], 0)
+    if len(seeds) != n:
+        raise ValueError(f"Tokens.seeds has {len(seeds)} entries for {n} images")
+    rows = []
+    for s in seeds:
+        g = torch.Generator().manual_seed((int(s) + 1_000_003 * stream) % (2 ** 63))
+        rows.append(torch.randn(shape, generator=g, dtype=torch.float32))
+    return torch.stack(rows).to(device=device, dtype=dtype)
+
+
 def code_bits(n_codes: int, codebook_size: int, batch: int) -> torch.Tensor:
     """Bits for ``batch`` images of ``n_codes`` codes each from a codebook of ``codebook_size`` entries."""
     return torch.full((batch,), n_codes * math.log2(codebook_size), dtype=torch.float64)
@@ -67,6 +95,15 @@ def code_bits(n_codes: int, codebook_size: int, batch: int) -> torch.Tensor:
 
 class Tokenizer:
     """Base class of all adapters. Subclasses implement ``encode``, ``decode`` and ``tokens_per_image``."""
+
+    # True for decoders that sample (rectified flow, diffusion): the runner gives every image its seed
+    # (``Tokens.seeds``) and records the seed and ``network_evaluations()``; ``--seeds 0,1,2`` repeats the run
+    stochastic: bool = False
+
+    def network_evaluations(self) -> int | None:
+        """Decoder network evaluations per image (a flow decoder's steps x guidance passes); None: one forward
+        pass (no sampling)."""
+        return None
 
     def __init__(self, card: TokenizerCard, device: str | torch.device = "cpu"):
         self.card = card
