@@ -9,8 +9,8 @@ runner (``vtbench/runner.py``):
 - **merge**: two instances fed disjoint parts, folded together with ``merge_state`` (the reduction the base
   class provides for processes / shards), equal the whole, in either order and into a fresh accumulator;
 - **round trip**: state saved into ``progress.pt`` and loaded back with the runner's own
-  ``TokenizerRun._save_progress`` / ``_load_progress`` computes the same values (after every batch, and when a
-  run resumes from a part and continues);
+  ``Evaluation.save_progress`` / ``load_progress`` (the one evaluation core) computes the same values (after every
+  batch, and when a run resumes from a part and continues);
 - **nulls**: nothing seen, or a non-finite input (timings, token bits, extracted features), gives
   ``value: None`` with a reason, never 0 and never NaN/Infinity in the JSON (``allow_nan=False``, as
   ``results.write_json_atomic`` writes).
@@ -33,8 +33,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from vtbench.core import quantise_uint8
+from vtbench.evaluation import PROGRESS_FILE, Evaluation
 from vtbench.metrics.base import Batch, Metric, MetricValue
-from vtbench.runner import PROGRESS_FILE, TokenizerRun
 
 #: sizes of the parts the samples are fed in (sum = number of samples); unequal on purpose
 DEFAULT_PARTS = (2, 1, 3)
@@ -184,7 +184,7 @@ class MetricTester:
         self._saves = 0
         self._decoded: dict[bytes, torch.Tensor] = {}
 
-    # feeding, as TokenizerRun._process does
+    # feeding, as the evaluation core does
     def feed(self, metric: Metric, sl: slice, poison: tuple[str, float] | None = None) -> dict[str, torch.Tensor]:
         batch = self.samples.batch(sl, poison)
         if metric.needs_extra_decode:  # pFID: the runner decodes the metric's own tokens into batch.perturbed
@@ -213,15 +213,15 @@ class MetricTester:
         torch.load with weights_only=True)."""
         self._saves += 1
         folder = self.workdir / f"progress-{self._saves}"
-        run = SimpleNamespace(dir=folder, fingerprint="metric-tester", done={"x"}, rows=[], skipped=[],
-                              timings={}, metrics={"m": source}, ds=[None], tok=SimpleNamespace(name="tester"))
-        TokenizerRun._save_progress(run)
+        saving = Evaluation(source=SimpleNamespace(timings={}), metrics={"m": source}, fingerprint="metric-tester",
+                            dir=folder, done={"x"})
+        saving.save_progress()
         assert (folder / PROGRESS_FILE).is_file()
         fresh = self.make()
-        run.metrics = {"m": fresh}
-        run.done = set()
-        TokenizerRun._load_progress(run)
-        assert run.done == {"x"}, "the progress file was not loaded (unreadable or refused)"
+        loading = Evaluation(source=SimpleNamespace(timings={}), metrics={"m": fresh}, fingerprint="metric-tester",
+                             dir=folder)
+        loading.load_progress()
+        assert loading.done == {"x"}, "the progress file was not loaded (unreadable or refused)"
         return fresh
 
     def keys(self, metric: Metric) -> list[str]:
@@ -260,15 +260,15 @@ class MetricTester:
         other = self.make()
         self.feed_parts(other, rest)
         merged = self.round_trip(after_first)
-        merged.merge_state(other.state_dict())
+        merged.merge_state(other.state_tensors())
         assert_values_equal(merged.compute(), v_whole, what="merge (first part <- rest) vs whole", **tol)
         reverse = self.make()
         self.feed_parts(reverse, rest)
-        reverse.merge_state(after_first.state_dict())
+        reverse.merge_state(after_first.state_tensors())
         assert_values_equal(reverse.compute(), v_whole, what="merge (rest <- first part) vs whole", **tol)
         accumulator = self.make()  # a rank that saw nothing, collecting everyone's state
-        accumulator.merge_state(after_first.state_dict())
-        accumulator.merge_state(other.state_dict())
+        accumulator.merge_state(after_first.state_tensors())
+        accumulator.merge_state(other.state_tensors())
         assert_values_equal(accumulator.compute(), v_whole, what="merge into a fresh instance vs whole", **tol)
 
         resumed = self.round_trip(after_first)

@@ -65,9 +65,9 @@ def test_state_round_trip_and_merge_equals_single_pass():
     a.update(_batch(toks[0]))
     for t in toks[1:]:
         b.update(_batch(t))
-    a.merge_state(b.state_dict())
+    a.merge_state(b.state_tensors())
     c = Compression()
-    c.load_state_dict(whole.state_dict())
+    c.load_state_tensors(whole.state_tensors())
     ref = {k: v.value for k, v in whole.compute().items()}
     assert {k: v.value for k, v in a.compute().items()} == ref
     assert {k: v.value for k, v in c.compute().items()} == ref
@@ -126,9 +126,9 @@ def test_kind_and_token_views_survive_resume_and_merge():
     fed = Compression(tokenizer=tokenizer)
     fed.update(_batch(codec))
     resumed = Compression(tokenizer=tokenizer)
-    resumed.load_state_dict(fed.state_dict())
+    resumed.load_state_tensors(fed.state_tensors())
     merged = Compression(tokenizer=tokenizer)
-    merged.merge_state(fed.state_dict())
+    merged.merge_state(fed.state_tensors())
     for other in (resumed, merged):
         assert ({k: v.to_dict() for k, v in other.compute().items()}
                 == {k: v.to_dict() for k, v in fed.compute().items()})
@@ -140,7 +140,7 @@ def test_kind_and_token_views_survive_resume_and_merge():
     for t in views:
         fed.update(_batch(t))
     resumed = Compression()
-    resumed.load_state_dict(fed.state_dict())
+    resumed.load_state_tensors(fed.state_tensors())
     want = {"scalars": {"tokens_per_image": 160.0, "bits_per_token": 64 / 160}}
     assert (resumed.compute()["tokens_per_image"].extra["views"] == want
             == fed.compute()["bits_per_token"].extra["views"])

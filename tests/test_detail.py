@@ -306,12 +306,12 @@ def test_state_dict_round_trip_and_merge():
     expected = whole.compute()
 
     restored = Detail()
-    restored.load_state_dict(whole.state_dict())
+    restored.load_state_tensors(whole.state_tensors())
     assert restored.compute() == expected
 
     first, _ = run(a[:1], b[:1], batch_size=1)  # two shards merged as processes would be
     second, _ = run(a[1:], b[1:], batch_size=2)
-    first.merge_state(second.state_dict())
+    first.merge_state(second.state_tensors())
     _assert_same_values(expected, first.compute())
 
     whole.reset()
@@ -320,8 +320,8 @@ def test_state_dict_round_trip_and_merge():
 
 def test_states_are_sums_with_float64_accumulators():
     m = Detail()
-    assert all(r == "sum" for _, r in m._defaults.values())
-    assert {d.dtype for d, _ in m._defaults.values()} == {torch.float64, torch.int64}
+    assert all(r == "sum" for r in m._state_kinds().values())
+    assert {d.dtype for d in m.state_tensors().values()} == {torch.float64, torch.int64}
 
 
 def test_mixed_image_sizes_accumulate():

@@ -145,8 +145,8 @@ def test_batch_size_independence_and_state_round_trip(alex_files):
     assert ones.compute()["lpips"].value == pytest.approx(whole.compute()["lpips"].value, rel=1e-5)
 
     restored = LPIPSMetric()
-    restored.load_state_dict(whole.state_dict())
-    restored.merge_state(whole.state_dict())  # same images twice: same mean, twice the count
+    restored.load_state_tensors(whole.state_tensors())
+    restored.merge_state(whole.state_tensors())  # same images twice: same mean, twice the count
     assert restored.compute()["lpips"].value == pytest.approx(whole.compute()["lpips"].value, rel=1e-12)
     assert restored.compute()["lpips"].n == 12
 

@@ -179,12 +179,12 @@ def test_state_dict_round_trip_and_merge(cls):
     expected = whole.compute()[cls.name]
 
     restored = cls()
-    restored.load_state_dict(whole.state_dict())
+    restored.load_state_tensors(whole.state_tensors())
     assert restored.compute()[cls.name] == expected
 
     first, _ = run(cls, a[:4], b[:4], batch_size=2)  # two shards merged as processes would be
     second, _ = run(cls, a[4:], b[4:], batch_size=3)
-    first.merge_state(second.state_dict())
+    first.merge_state(second.state_tensors())
     merged = first.compute()[cls.name]
     assert merged.value == pytest.approx(expected.value, rel=1e-12)
     assert (merged.n, merged.extra) == (expected.n, expected.extra)
@@ -196,8 +196,8 @@ def test_state_dict_round_trip_and_merge(cls):
 def test_states_are_float64_sums():
     for cls in (PSNR, SSIM):
         m = cls()
-        sums = [k for k, (d, r) in m._defaults.items() if d.dtype == torch.float64]
-        assert sums and all(r == "sum" for _, r in m._defaults.values())
+        sums = [k for k, v in m.state_tensors().items() if v.dtype == torch.float64]
+        assert sums and all(r == "sum" for r in m._state_kinds().values())
 
 
 @pytest.mark.parametrize("name,cls", [("psnr", PSNR), ("ssim", SSIM)])

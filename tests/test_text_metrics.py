@@ -161,7 +161,7 @@ def test_no_words_is_null_with_reason_and_states_merge(fake):
     b.update(Batch(ids=["b"], original=img2[None], reconstruction=img2[None], annotations=[words]))
     both.update(Batch(ids=["a", "b"], original=torch.stack([img, img2]), reconstruction=torch.stack([img, img2]),
                       annotations=[words, words]))
-    a.merge_state(b.state_dict())
+    a.merge_state(b.state_tensors())
     assert a.compute()["text_acc"].value == both.compute()["text_acc"].value
 
 

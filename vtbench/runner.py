@@ -10,43 +10,35 @@ stopped; a completed run is skipped unless forced.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 
 from vtbench.config import Protocol, load_protocol
-from vtbench.core import Progress, fingerprint, quantise_uint8
+from vtbench.core import fingerprint, quantise_uint8
 from vtbench.data.annotations import find_word_manifest, match_annotations
 from vtbench.data.datasets import ImageDataset, collate, open_dataset
 from vtbench.data.policies import get_policy
+from vtbench.evaluation import PROGRESS_FILE, Evaluation, Outcome
 from vtbench.hashing import sha256sum
 from vtbench.metrics import METRICS, Batch, Metric, MetricUnavailable, MetricValue
 from vtbench.metrics.base import MetricContext, metric_for_output
 from vtbench.paths import join_under, png_relpath, safe_name
 from vtbench.results import (
-    RESULT_FILE,
-    SAMPLES_FILE,
     environment,
     new_record,
     protocol_section,
-    read_record,
     run_dir,
-    write_json_atomic,
-    write_text_atomic,
 )
 from vtbench.tokenizers import Tokenizer, UnsupportedResolutionError, build_tokenizer
+from vtbench.tokenizers.base import image_seeds
 
 log = logging.getLogger("vtbench")
 
-PROGRESS_FILE = "progress.pt"
 THUMBS_DIR = "thumbs"
 _WARNED: set[str] = set()
 
@@ -186,9 +178,6 @@ class TokenizerRun:
                           *words)
         self.metrics, self.unavailable = build_metrics(metric_names, device, reference_key=ref, protocol=protocol,
                                                        resolution=self.policy.resolution, tokenizer=tokenizer)
-        self.done: set[str] = set()
-        self.rows: list[dict[str, Any]] = []
-        self.skipped: list[dict[str, str]] = []
         self.timings = {"encode_s": 0.0, "decode_s": 0.0, "metrics_s": 0.0}
         self.thumb_ids = thumbnail_ids(dataset.ids, cfg.thumbnails)
 
@@ -199,53 +188,8 @@ class TokenizerRun:
             return False
         return True
 
-    # -- resume -----------------------------------------------------------------------------------
-    def completed(self) -> dict[str, Any] | None:
-        path = self.dir / RESULT_FILE
-        if path.is_file():
-            try:
-                rec = read_record(path)
-            except ValueError:
-                return None
-            if rec.get("run", {}).get("fingerprint") == self.fingerprint:
-                return rec
-        return None
-
-    def _save_progress(self) -> None:
-        state = {"fingerprint": self.fingerprint, "done": sorted(self.done), "rows": self.rows,
-                 "skipped": self.skipped, "timings": self.timings,
-                 "metrics": {n: m.state_dict() for n, m in self.metrics.items()}}
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{PROGRESS_FILE}.{os.getpid()}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.dir / PROGRESS_FILE)
-
-    def _load_progress(self) -> None:
-        path = self.dir / PROGRESS_FILE
-        if not path.is_file():
-            return
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a torn or foreign file: start over rather than trust it
-            log.warning("%s: unreadable progress file (%s); starting this run again", path, exc)
-            return
-        if state.get("fingerprint") != self.fingerprint or set(state["metrics"]) != set(self.metrics):
-            log.warning("%s: progress belongs to different settings; starting this run again", path)
-            return
-        try:
-            for name, m in self.metrics.items():
-                m.load_state_dict(state["metrics"][name])
-        except (KeyError, RuntimeError, ValueError) as exc:  # states of an older metric version
-            log.warning("%s: metric states do not fit this version (%s); starting this run again", path, exc)
-            for m in self.metrics.values():
-                m.reset()
-            return
-        self.done, self.rows, self.skipped = set(state["done"]), state["rows"], state["skipped"]
-        self.timings = state["timings"]
-        log.info("resuming %s: %d of %d images already done", self.tok.name, len(self.done), len(self.ds))
-
-    # -- the pass ---------------------------------------------------------------------------------
-    def _process(self, ids: list[str], originals: list[torch.Tensor]) -> None:
+    # -- the source: batches of originals and their quantised reconstructions --------------------------
+    def _process(self, ids: list[str], originals: list[torch.Tensor]) -> Batch:
         model_in, ctxs = [], []
         for x in originals:
             y, ctx = self.policy.to_model(x)
@@ -257,6 +201,8 @@ class TokenizerRun:
         t0 = time.perf_counter()
         with torch.inference_mode():
             tokens = self.tok.encode(inp)
+            if self.tok.stochastic:  # per-image noise for sampling decoders: batch-size and order independent
+                tokens.seeds = image_seeds(ids, self.cfg.seed)
             _sync(self.device)
             t1 = time.perf_counter()
             rec = self.tok.decode(tokens)
@@ -274,20 +220,9 @@ class TokenizerRun:
         words = self.ds.annotations
         t3 = time.perf_counter()
         perturbed = self._perturbed(tokens, ids, ctxs)
-        batch = Batch(ids=ids, original=orig.to(self.device), reconstruction=recon.to(self.device), tokens=tokens,
-                      encode_seconds=t1 - t0, decode_seconds=t2 - t1,
-                      annotations=None if words is None else [words.get(i) for i in ids], perturbed=perturbed)
-        per_sample: dict[str, torch.Tensor] = {}
-        for m in self.metrics.values():
-            per_sample.update(m.update(batch) or {})
         self.timings["encode_s"] += t1 - t0
         self.timings["decode_s"] += t2 - t1
         self.timings["metrics_s"] += time.perf_counter() - t3
-        for i, sid in enumerate(ids):
-            row = {"id": sid}
-            row.update({k: float(v[i]) for k, v in per_sample.items()})
-            self.rows.append(row)
-        self.done.update(ids)
         if self.cfg.save_reconstructions:
             self._save_pngs(ids, recon)
         for i, sid in enumerate(ids):
@@ -296,6 +231,9 @@ class TokenizerRun:
                     path = join_under(self.dir, THUMBS_DIR, f"{safe_name(sid)}.{kind}.png")
                     path.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(img.permute(1, 2, 0).cpu().numpy(), "RGB").save(path)
+        return Batch(ids=ids, original=orig.to(self.device), reconstruction=recon.to(self.device), tokens=tokens,
+                     encode_seconds=t1 - t0, decode_seconds=t2 - t1,
+                     annotations=None if words is None else [words.get(i) for i in ids], perturbed=perturbed)
 
     def _perturbed(self, tokens: Any, ids: list[str], ctxs: list[Any]) -> dict[str, torch.Tensor] | None:
         """Reconstructions from perturbed tokens for the metrics that ask (pFID), through the same inverse
@@ -330,9 +268,9 @@ class TokenizerRun:
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img.permute(1, 2, 0).cpu().numpy(), "RGB").save(path)
 
-    def _batches(self) -> Any:
-        """Batches of same-size originals not yet done, in dataset order (size buckets flush when full)."""
-        todo = [i for i, sid in enumerate(self.ds.ids) if sid not in self.done]
+    def batches(self, done: set[str], skip: Callable[[str, str], None]) -> Any:
+        """Metric batches of same-size originals not yet done, in dataset order (size buckets flush when full)."""
+        todo = [i for i, sid in enumerate(self.ds.ids) if sid not in done]
         if not todo:
             return
         subset = torch.utils.data.Subset(self.ds, todo)
@@ -341,76 +279,50 @@ class TokenizerRun:
         buckets: dict[tuple[int, ...], tuple[list[str], list[torch.Tensor]]] = {}
         for chunk in loader:
             for sid, err in chunk["errors"]:
-                log.warning("skipping %s: %s", sid, err)
-                self.skipped.append({"id": sid, "reason": err})
-                self.done.add(sid)
+                skip(sid, err)
             for sid, img in zip(chunk["ids"], chunk["images"]):
                 ids, imgs = buckets.setdefault(tuple(img.shape), ([], []))
                 ids.append(sid)
                 imgs.append(img)
                 if len(ids) == self.cfg.batch_size:
-                    yield buckets.pop(tuple(img.shape))
-        yield from buckets.values()
+                    yield self._process(*buckets.pop(tuple(img.shape)))
+        for ids, imgs in list(buckets.values()):
+            yield self._process(ids, imgs)
 
-    def run(self) -> dict[str, Any]:
-        existing = self.completed()
-        if existing is not None and not self.cfg.force:
-            log.info("%s on %s: complete, skipped (use --force to recompute)", self.tok.name, self.ds.info.id)
-            return existing
-        if self.cfg.force:
-            (self.dir / PROGRESS_FILE).unlink(missing_ok=True)
-        self._load_progress()
-        started = datetime.now(timezone.utc).isoformat()
-        torch.manual_seed(self.cfg.seed)
-        np.random.seed(self.cfg.seed)
-        bar = Progress(self.cfg.progress, len(self.ds), f"{self.tok.name} on {self.ds.info.id}")
-        bar.advance(len(self.done))
-        try:
-            for k, (ids, imgs) in enumerate(self._batches(), 1):
-                self._process(ids, imgs)
-                bar.advance(len(ids))
-                if k % self.cfg.checkpoint_every == 0:
-                    self._save_progress()
-                if self.cfg.stop_after_batches and k >= self.cfg.stop_after_batches:
-                    self._save_progress()
-                    raise KeyboardInterrupt(f"stopped after {k} batches (stop_after_batches)")
-        except BaseException:
-            if self.done:
-                self._save_progress()
-            raise
-        finally:
-            bar.close()
-        return self._finish(started)
-
-    def _finish(self, started: str) -> dict[str, Any]:
-        n_used = len(self.done) - len(self.skipped)
-        t0 = time.perf_counter()
-        values: dict[str, MetricValue] = {}
-        for name, m in self.metrics.items():
-            values.update(m.compute())
-        for name, reason in self.unavailable.items():
-            values.update(METRICS.get(name.partition("@")[0]).unavailable(reason, n_used,
-                                                                          **metric_config(name, self.protocol)))
-        self.timings["metrics_s"] += time.perf_counter() - t0
-        record = new_record(
-            created=started, finished=datetime.now(timezone.utc).isoformat(),
+    # -- the record -------------------------------------------------------------------------------
+    def _record(self, out: Outcome) -> dict[str, Any]:
+        run_section = {"fingerprint": self.fingerprint, "batch_size": self.cfg.batch_size, "seed": self.cfg.seed,
+                       "metrics_selected": self.metric_names}
+        if self.tok.stochastic:
+            run_section["sampling"] = {"seed": self.cfg.seed, "per_image_seed": "sha256(seed:id)",
+                                       "network_evaluations_per_image": self.tok.network_evaluations()}
+        return new_record(
+            created=out.started, finished=out.finished,
             environment=environment(str(self.device)),
             tokenizer={**self.tok.card.to_dict(), **self.tok.provenance()},
-            dataset={**self.ds.info.to_dict(), "n_requested": self.cfg.limit, "n_used": n_used,
-                     "skipped": self.skipped},
+            dataset={**self.ds.info.to_dict(), "n_requested": self.cfg.limit, "n_used": out.n_used,
+                     "skipped": out.skipped},
             protocol=protocol_section(self.protocol),
-            metrics={k: v.to_dict() for k, v in values.items()},
-            timings=self.timings,
+            metrics={k: v.to_dict() for k, v in out.values.items()},
+            timings=out.timings,
             thumbnails=self._thumbnails(),
-            run={"fingerprint": self.fingerprint, "batch_size": self.cfg.batch_size, "seed": self.cfg.seed,
-                 "metrics_selected": self.metric_names},
+            run=run_section,
         )
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.dir / SAMPLES_FILE, pd.DataFrame(self.rows).sort_values("id").to_csv(index=False)
-                          if self.rows else "id\n")
-        write_json_atomic(self.dir / RESULT_FILE, record)
-        (self.dir / PROGRESS_FILE).unlink(missing_ok=True)
-        return record
+
+    def evaluation(self) -> Evaluation:
+        def nulls(name: str, reason: str) -> Callable[[int], dict[str, MetricValue]]:
+            cls, config = METRICS.get(name.partition("@")[0]), metric_config(name, self.protocol)
+            return lambda n: cls.unavailable(reason, n, **config)
+
+        unavailable = {name: nulls(name, reason) for name, reason in self.unavailable.items()}
+        return Evaluation(source=self, metrics=self.metrics, fingerprint=self.fingerprint, dir=self.dir,
+                          label=f"{self.tok.name} on {self.ds.info.id}", total=len(self.ds),
+                          unavailable=unavailable, record=self._record, seed=self.cfg.seed, force=self.cfg.force,
+                          progress=self.cfg.progress, checkpoint_every=self.cfg.checkpoint_every,
+                          stop_after_batches=self.cfg.stop_after_batches)
+
+    def run(self) -> dict[str, Any]:
+        return self.evaluation().run()
 
 
 def run(tokenizers: list[str], cfg: RunConfig,

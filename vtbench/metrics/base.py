@@ -1,17 +1,20 @@
 """The metric contract.
 
-A metric folds batches into declared states (``add_state`` with a reduction, as torchmetrics does) and turns
-them into values at the end. States are plain tensors, so a run can checkpoint them (resume) and processes can
-reduce them (sum / cat / max). A metric that cannot run yields ``value: None`` with a reason, never 0.
+A metric is a ``torchmetrics.Metric``: it folds batches into declared states (``add_state`` with a reduction) and
+turns them into values at the end. States are plain tensors, so a run can checkpoint them (resume), and
+torchmetrics reduces them across processes (sum / cat / max) under ``torchrun``. A metric that cannot run yields
+``value: None`` with a reason, never 0.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Mapping
 
 import torch
+import torchmetrics
 
 from vtbench.registry import Registry
 
@@ -104,6 +107,10 @@ class MetricContext:
 
 
 _REDUCE = ("sum", "cat", "max")
+# torchmetrics warns when compute() runs before any update(); a vtbench metric answers that case itself (null with
+# the reason "no images"), and a run resumed from its progress file computes from restored states
+warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric .* was called before the ``update``",
+                        category=UserWarning)
 
 
 def finite_or_none(obj: Any) -> Any:
@@ -118,10 +125,21 @@ def finite_or_none(obj: Any) -> Any:
     return obj
 
 
-class Metric:
-    """Base class. Subclasses set ``name`` and ``outputs``, declare states in ``__init__``, and implement
-    ``update`` (returning per-sample values keyed by output key, each a tensor of shape ``(N,)``) and
-    ``compute``.
+class Metric(torchmetrics.Metric):
+    """Base class: a ``torchmetrics.Metric`` whose states are declared with ``add_state(name, default, reduce)``
+    (``reduce``: ``sum``, ``cat`` or ``max``, torchmetrics' ``dist_reduce_fx``), so under ``torchrun`` every state
+    is gathered and reduced across processes by torchmetrics' own ``sync`` before ``compute`` (NCCL or gloo).
+
+    Subclasses set ``name`` and ``outputs``, declare states in ``__init__``, and implement ``update`` (returning
+    per-sample values keyed by output key, each a tensor of shape ``(N,)``, for the per-sample table) and ``compute``
+    (``{key: MetricValue}``). Two things differ from a plain torchmetrics metric, both for the runner:
+
+    - ``update`` returns its per-sample values (torchmetrics' wrapper discards an update's return value; the
+      ``_wrap_update`` override below passes it through and otherwise keeps torchmetrics' bookkeeping);
+    - states travel through the resume file as plain tensors (``state_tensors`` / ``load_state_tensors``: a
+      ``cat`` state is one concatenated tensor) and ``merge_state`` keeps arrival order for ``cat`` states (this
+      process's rows first: the Inception Score splits samples in order) and accepts lazily shaped ``sum`` states
+      (an empty default that takes its shape from the first batch, e.g. the code histogram).
     """
 
     name: ClassVar[str] = ""
@@ -132,63 +150,74 @@ class Metric:
     accepts_variant: ClassVar[bool] = False  # configured instances by name (pfid@a0.25_d100_b1)
     needs: ClassVar[frozenset[str]] = frozenset({"pixels"})
     protocol: ClassVar[str] = "reconstruction"
+    full_state_update: ClassVar[bool] = False
 
     def __init__(self) -> None:
-        self._defaults: dict[str, tuple[torch.Tensor | None, str]] = {}
-        self._state: dict[str, Any] = {}
+        # no cached compute: the runner computes once, and tests compute after further updates
+        super().__init__(compute_with_cache=False)
+
+    def _wrap_update(self, update: Any) -> Any:
+        """torchmetrics' update wrapper, returning what ``update`` returned (the per-sample values)."""
+        last: dict[str, Any] = {}
+
+        def capture(*args: Any, **kwargs: Any) -> None:
+            last["rows"] = update(*args, **kwargs)
+
+        wrapped = super()._wrap_update(capture)
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            wrapped(*args, **kwargs)
+            return last.pop("rows", None)
+
+        return run
 
     # -- state ------------------------------------------------------------------------------------
-    def add_state(self, name: str, default: torch.Tensor | None, reduce: str) -> None:
+    def add_state(self, name: str, default: torch.Tensor | None, reduce: str) -> None:  # type: ignore[override]
         """``reduce='sum'|'max'`` takes a tensor default; ``'cat'`` keeps a list of tensors (default None)."""
         if reduce not in _REDUCE:
             raise ValueError(f"reduce must be one of {_REDUCE}")
-        self._defaults[name] = (None if default is None else default.clone(), reduce)
-        self._state[name] = [] if reduce == "cat" else default.clone()
+        super().add_state(name, default=[] if reduce == "cat" else default.clone(), dist_reduce_fx=reduce)
+        self.__dict__.setdefault("_vt_reduce", {})[name] = reduce
 
-    def __getattr__(self, item: str) -> Any:
-        state = self.__dict__.get("_state")
-        if state is not None and item in state:
-            return state[item]
-        raise AttributeError(item)
+    def _state_kinds(self) -> dict[str, str]:
+        return self.__dict__.get("_vt_reduce", {})
 
-    def __setattr__(self, key: str, value: Any) -> None:
-        state = self.__dict__.get("_state")
-        if state is not None and key in state:
-            state[key] = value
-        else:
-            super().__setattr__(key, value)
-
-    def reset(self) -> None:
-        for name, (default, reduce) in self._defaults.items():
-            self._state[name] = [] if reduce == "cat" else default.clone()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Every state as one CPU tensor (``cat`` states concatenated): what the resume file keeps."""
         out = {}
-        for name, (default, reduce) in self._defaults.items():
-            v = self._state[name]
+        for name, reduce in self._state_kinds().items():
+            v = getattr(self, name)
             if reduce == "cat":
-                v = torch.cat([t.cpu() for t in v]) if v else torch.empty(0)
+                v = torch.cat([t.cpu() for t in v]) if len(v) else torch.empty(0)
             out[name] = v.detach().cpu().clone()
         return out
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name, (default, reduce) in self._defaults.items():
+    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore states from ``state_tensors`` output (a resume file)."""
+        for name, reduce in self._state_kinds().items():
             v = state[name]
-            self._state[name] = ([v] if v.numel() else []) if reduce == "cat" else v.to(default.dtype).clone()
+            if reduce == "cat":
+                setattr(self, name, [v.to(self.device)] if v.numel() else [])
+            else:
+                setattr(self, name, v.to(device=self.device, dtype=self._defaults[name].dtype).clone())
 
-    def merge_state(self, other: dict[str, torch.Tensor]) -> None:
-        """Fold another process's (or shard's) state into this one."""
-        for name, (_, reduce) in self._defaults.items():
+    def merge_state(self, other: Any) -> None:  # type: ignore[override]
+        """Fold another process's (or shard's) states into this one: a ``state_tensors`` dict or a metric of the
+        same class."""
+        if isinstance(other, Metric):
+            other = other.state_tensors()
+        for name, reduce in self._state_kinds().items():
             v = other[name]
-            mine = self._state[name]
-            if reduce != "cat" and mine.numel() == 0:  # lazily shaped state not yet created here
-                self._state[name] = v.clone()
+            mine = getattr(self, name)
+            if reduce == "cat":
+                if v.numel():
+                    mine.append(v.to(self.device))
+            elif mine.numel() == 0:  # lazily shaped state not yet created here
+                setattr(self, name, v.to(self.device).clone())
             elif reduce == "sum":
-                self._state[name] = mine + v.to(mine.device)
-            elif reduce == "max":
-                self._state[name] = torch.maximum(mine, v.to(mine.device))
-            elif v.numel():
-                self._state[name].append(v)
+                setattr(self, name, mine + v.to(mine.device))
+            else:
+                setattr(self, name, torch.maximum(mine, v.to(mine.device)))
 
     # -- contract ---------------------------------------------------------------------------------
     @classmethod

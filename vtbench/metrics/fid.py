@@ -71,8 +71,8 @@ class RFID(Metric):
     def __init__(self, device: str | torch.device = "cpu", reference_key: str | None = None,
                  inception_path: str | None = None) -> None:
         super().__init__()
-        self.device = torch.device(device)
-        self.extractor = load_inception(inception_path, self.device)
+        device = torch.device(device)
+        self.extractor = load_inception(inception_path, device)
         self.reference_key = reference_key
         self.cache_path = None if reference_key is None else reference_cache_path(reference_key, self.extractor.id)
         self.cached_reference: GaussianStats | None = None
@@ -82,14 +82,15 @@ class RFID(Metric):
             except (OSError, ValueError):  # a damaged cache file is recomputed and overwritten
                 self.cached_reference = None
         for side in ("rec", "ref"):
-            zero = FeatureStats.zeros(FEATURE_DIM, self.device)
+            zero = FeatureStats.zeros(FEATURE_DIM, device)
             self.add_state(f"{side}_n", zero.n, "sum")
             self.add_state(f"{side}_sum", zero.sum, "sum")
             self.add_state(f"{side}_outer", zero.outer, "sum")
+        self.to(device)
 
     def _stats(self, side: str) -> FeatureStats:
         # a view on the state tensors: FeatureStats updates them in place
-        return FeatureStats(self._state[f"{side}_n"], self._state[f"{side}_sum"], self._state[f"{side}_outer"])
+        return FeatureStats(getattr(self, f"{side}_n"), getattr(self, f"{side}_sum"), getattr(self, f"{side}_outer"))
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Fold one batch in. No per-sample values (FID is a set statistic)."""

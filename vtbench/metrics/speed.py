@@ -35,11 +35,11 @@ class Speed(Metric):
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
         super().__init__()
-        self.device = torch.device(device)
         self.add_state("n", torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("encode_s", torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("decode_s", torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("peak_mb", torch.zeros((), dtype=torch.float64), "max")
+        self.to(device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
