@@ -279,6 +279,8 @@ def gfid(
         False, "--allow-size-mismatch",
         help="Score samples and reference images of different sizes anyway (each value then carries a warning)."),
     resize: str = typer.Option("clean", "--resize", help=RESIZE_HELP),
+    force: bool = typer.Option(False, "--force", help="Recompute even if a complete result with the same settings "
+                               "exists (an interrupted run resumes without it)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     seed: int = typer.Option(0, "--seed"),
@@ -301,7 +303,7 @@ def gfid(
                        limit=limit, ref_limit=ref_limit, seed=seed, batch_size=batch_size,
                        device=str(resolve_device(device)), progress=not (quiet or as_json),
                        trust_checkpoint=trust_checkpoint, allow_size_mismatch=allow_size_mismatch,
-                       resize=resize)
+                       resize=resize, force=force)
     except UnknownNameError as exc:
         _fail(str(exc), 2)
     except MetricUnavailable as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -11,13 +12,15 @@ from typing import Any
 
 import torch
 
+from vtbench.core import fingerprint
+from vtbench.evaluation import Evaluation, Outcome
 from vtbench.gfid.common import DEFAULT_RESOLUTION, RESIZE_SUFFIX, _join_warnings
 from vtbench.gfid.reference import check_sizes, open_reference
 from vtbench.gfid.samples import iter_samples
-from vtbench.gfid.scoring import extract_samples, score_state
+from vtbench.gfid.scoring import SampleSource, generation_metric
 from vtbench.metrics.generation import NEAREST_K
 from vtbench.metrics.inception import check_resize_mode, load_inception
-from vtbench.results import RESULT_FILE, environment, new_record, protocol_section, run_dir, write_json_atomic
+from vtbench.results import RESULT_FILE, environment, new_record, protocol_section, run_dir
 
 log = logging.getLogger("vtbench")
 
@@ -37,7 +40,7 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
              limit: int | None = None, seed: int = 0, batch_size: int = 32, device: str | torch.device = "cpu",
              inception_path: str | None = None, nearest_k: int = NEAREST_K, progress: bool = False,
              ref_limit: int | None = None, trust_checkpoint: bool = False,
-             allow_size_mismatch: bool = False, resize: str = "clean") -> dict[str, Any]:
+             allow_size_mismatch: bool = False, resize: str = "clean", force: bool = False) -> dict[str, Any]:
     """Score ``samples_spec`` against ``ref_spec`` and write the result record (``result_path``); returns it.
 
     ``name``: the row name (default: the tokenizer of a token file, else the samples' file or folder name);
@@ -46,6 +49,8 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
     else 256); ``trust_checkpoint``: passed to ``build_tokenizer`` as ``trust``. Samples and reference images of
     different sizes raise ``SizeMismatchError`` unless ``allow_size_mismatch`` (then every value warns).
     ``resize``: ``"clean"`` (clean-fid) or ``"tf-bilinear"`` (ADM's evaluator), for samples and reference alike.
+    Runs through the evaluation core: an interrupted run resumes, a complete one with the same fingerprint is
+    returned as it is unless ``force``.
     """
     from vtbench.config import load_protocol
 
@@ -77,15 +82,6 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
                                progress=progress, resize=resize)
     t1 = time.perf_counter()
     extractor = load_inception(inception_path, device).with_resize(resize)
-    state = extract_samples(samples, extractor, keep_features=reference.features is not None, seed=seed,
-                            progress=progress)
-    t2 = time.perf_counter()
-    sizes = samples.provenance.get("sizes") or []
-    mixed = (f"the samples have {len(sizes)} image sizes ({', '.join(f'{h}x{w}' for h, w in sizes)}); the size "
-             "check used the first one's") if len(sizes) > 1 else None
-    values = score_state(state, reference, extractor=extractor, nearest_k=nearest_k, device=device,
-                         warning=_join_warnings(size_warning, mixed))
-    t3 = time.perf_counter()
     tok = samples.tokenizer
     if name is None:
         name = tok.name if tok is not None else (Path(samples_spec).stem or Path(samples_spec).resolve().name)
@@ -93,22 +89,43 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
         tok_section = {**tok.card.to_dict(), **tok.provenance(), "name": name}
     else:
         tok_section = {"name": name, "family": name.split(".")[0], "kind": "samples", "reference": False}
-    record = new_record(
-        created=started, finished=datetime.now(timezone.utc).isoformat(), environment=environment(str(device)),
-        tokenizer=tok_section,
-        # n_requested / n_used count samples (leaderboards and compare read them); the reference's own count is
-        # n_reference, its subset ref_limit (+ the dataset's selection)
-        dataset={"id": reference.id, **reference.description, "n_requested": limit, "n_used": state.n,
-                 "ref_limit": ref_limit},
-        protocol=protocol_section(protocol),
-        metrics={k: v.to_dict() for k, v in values.items()},
-        timings={"reference_s": t1 - t0, "samples_s": t2 - t1, "metrics_s": t3 - t2},
-        samples={**samples.provenance, "n_requested": limit, "n": state.n},
-        extractor=extractor.describe(),
-        run={"seed": seed, "batch_size": batch_size, "nearest_k": nearest_k, "resolution": used,
-             "resolution_source": source, "resize": resize, "limit": limit, "ref_limit": ref_limit,
-             "trust_checkpoint": bool(trust_checkpoint), "allow_size_mismatch": bool(allow_size_mismatch),
-             "size_warning": size_warning, "reference_spec": str(ref_spec), "samples_spec": str(samples_spec)},
-    )
-    write_json_atomic(result_path(out, record["dataset"], name, resize), record)
-    return record
+    dataset = {"id": reference.id, **reference.description}
+    run_section = {"seed": seed, "batch_size": batch_size, "nearest_k": nearest_k, "resolution": used,
+                   "resolution_source": source, "resize": resize, "limit": limit, "ref_limit": ref_limit,
+                   "trust_checkpoint": bool(trust_checkpoint), "allow_size_mismatch": bool(allow_size_mismatch),
+                   "size_warning": size_warning, "reference_spec": str(ref_spec), "samples_spec": str(samples_spec)}
+    # what the numbers depend on: the samples (content), the reference, the extractor and the settings
+    key = fingerprint(samples.provenance.get("sha256") or samples.provenance, dataset, extractor.id,
+                      protocol_section(protocol), {k: v for k, v in run_section.items() if k != "batch_size"},
+                      tok_section.get("weights_sha256"))
+    source_ = SampleSource(samples, extractor.device)
+    source_.timings["reference_s"] = t1 - t0
+
+    def record(outcome: Outcome) -> dict[str, Any]:
+        sizes = samples.provenance.get("sizes") or []
+        mixed = (f"the samples have {len(sizes)} image sizes ({', '.join(f'{h}x{w}' for h, w in sizes)}); the size "
+                 "check used the first one's") if len(sizes) > 1 else None
+        values = outcome.values
+        if mixed:
+            values = {k: dataclasses.replace(v, extra={**v.extra, "warning": _join_warnings(v.extra.get("warning"),
+                                                                                             mixed)})
+                      for k, v in values.items()}
+        return new_record(
+            created=started, finished=outcome.finished, environment=environment(str(device)),
+            tokenizer=tok_section,
+            # n_requested / n_used count samples (leaderboards and compare read them); the reference's own count
+            # is n_reference, its subset ref_limit (+ the dataset's selection)
+            dataset={**dataset, "n_requested": limit, "n_used": outcome.n_used, "ref_limit": ref_limit},
+            protocol=protocol_section(protocol),
+            metrics={k: v.to_dict() for k, v in values.items()},
+            timings=outcome.timings,
+            samples={**samples.provenance, "n_requested": limit, "n": outcome.n_used},
+            extractor=extractor.describe(),
+            run=run_section,
+        )
+
+    metric = generation_metric(reference, extractor, nearest_k=nearest_k, warning=size_warning)
+    folder = result_path(out, dataset, name, resize).parent
+    return Evaluation(source=source_, metrics={"generation": metric}, fingerprint=key, dir=folder,
+                      label=f"{name} samples", total=len(samples), record=record, seed=seed, force=force,
+                      progress=progress).run()

@@ -4,39 +4,71 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
-from vtbench.core import Progress
 from vtbench.gfid.common import FULL_RANK_N, OUTPUTS, _join_warnings, metric_key
 from vtbench.gfid.reference import Reference
-from vtbench.metrics.base import MetricValue
+from vtbench.metrics.base import Batch, Metric, MetricValue
 from vtbench.metrics.frechet import FeatureStats, GaussianStats, frechet_distance
 from vtbench.metrics.generation import IS_SPLIT_SIZE, NEAREST_K, PR_BLOCK_SIZE, GenerationState, precision_recall
-from vtbench.metrics.inception import FEATURE_DIM, SPATIAL_DIM, InceptionExtractor, load_inception
+from vtbench.metrics.inception import InceptionExtractor, load_inception
 
 log = logging.getLogger("vtbench")
 
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
+class SampleSource:
+    """Generated samples as a source of the evaluation core: uint8 batches with ids by position (``s0000000``,
+    ...); on resume the batches already done are read again but not scored (a token file decodes them again).
+    ``timings["samples_s"]``: the wall time of the pass (reading, decoding and feature extraction)."""
+
+    def __init__(self, samples: Iterable[torch.Tensor], device: str | torch.device = "cpu"):
+        self.samples, self.device = samples, device
+        self.timings: dict[str, float] = {"samples_s": 0.0, "metrics_s": 0.0}
+
+    def batches(self, done: set[str], skip: Any) -> Iterator[Batch]:
+        import time
+        start, t0 = 0, time.perf_counter()
+        try:
+            for images in self.samples:
+                ids = [f"s{i:07d}" for i in range(start, start + images.shape[0])]
+                start += images.shape[0]
+                keep = [k for k, sid in enumerate(ids) if sid not in done]
+                if keep:
+                    yield Batch(ids=[ids[k] for k in keep], original=None,
+                                reconstruction=images[keep].to(self.device))
+        finally:
+            self.timings["samples_s"] += time.perf_counter() - t0
+
+
+def generation_metric(reference: Reference, extractor: InceptionExtractor, *, nearest_k: int = NEAREST_K,
+                      split_size: int = IS_SPLIT_SIZE, warning: str | None = None) -> Metric:
+    """The registered ``generation`` metric, built through its context like every metric."""
+    from vtbench.metrics import METRICS
+    from vtbench.metrics.base import MetricContext
+    ctx = MetricContext(device=extractor.device, settings={"reference": reference, "extractor": extractor,
+                                                           "nearest_k": nearest_k, "split_size": split_size,
+                                                           "warning": warning})
+    return METRICS.get("generation").from_context(ctx)
+
+
 def extract_samples(samples: Iterable[torch.Tensor], extractor: InceptionExtractor, *, keep_features: bool = True,
                     seed: int = 0, progress: bool = False, split_size: int = IS_SPLIT_SIZE) -> GenerationState:
-    """Stream ``samples`` (uint8 ``(B, 3, H, W)`` batches) through Inception into a ``GenerationState``.
-    Seeds torch and numpy first, so sampling decoders behind the iterator are reproducible."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    state = GenerationState(FEATURE_DIM, SPATIAL_DIM, keep_features=keep_features, split_size=split_size,
-                            device=extractor.device)
+    """Stream ``samples`` (uint8 ``(B, 3, H, W)`` batches) through the evaluation core with the ``generation``
+    metric and return its states as a ``GenerationState``. Seeds torch and numpy first, so sampling decoders
+    behind the iterator are reproducible."""
+    from vtbench.evaluation import Evaluation
+    ref = Reference(id="features-only", description={}, pool=None, spatial=None,
+                    features=torch.zeros(0, 1) if keep_features else None)
+    metric = generation_metric(ref, extractor, split_size=split_size)
     total = len(samples) if hasattr(samples, "__len__") else None
-    with Progress(progress, total, "samples") as advance:
-        for batch in samples:
-            out = extractor.features_all(batch, logits=True)
-            state.update(out.pool, out.spatial, out.logits)
-            advance(batch.shape[0])
-    return state
+    Evaluation(source=SampleSource(samples, extractor.device), metrics={"generation": metric},
+               fingerprint="in-memory", label="samples", total=total, seed=seed, progress=progress).run()
+    return metric.state()
 
 
 def _metric(key: str, value: float | None, n: int, reason: str | None = None, **extra: Any) -> MetricValue:
@@ -135,7 +167,8 @@ def score_samples(samples: Iterable[torch.Tensor], reference: Reference, *, devi
                   seed: int = 0, progress: bool = False, inception_path: str | None = None,
                   nearest_k: int = NEAREST_K, resize: str = "clean") -> dict[str, MetricValue]:
     """Score uint8 ``(B, 3, H, W)`` sample batches against ``reference``: ``gfid``, ``sfid``,
-    ``inception_score``, ``precision``, ``recall`` (each ``MetricValue``; None + reason when not computable).
+    ``inception_score``, ``precision``, ``recall`` (each ``MetricValue``; None + reason when not computable), in
+    memory through the evaluation core.
 
     Example::
 
@@ -143,7 +176,10 @@ def score_samples(samples: Iterable[torch.Tensor], reference: Reference, *, devi
         values = score_samples(iter_samples("samples.npz", batch_size=32), ref)
         values["gfid"].value
     """
+    from vtbench.evaluation import Evaluation
     extractor = load_inception(inception_path, device).with_resize(resize)
-    state = extract_samples(samples, extractor, keep_features=reference.features is not None, seed=seed,
-                            progress=progress)
-    return score_state(state, reference, extractor=extractor, nearest_k=nearest_k, device=device)
+    metric = generation_metric(reference, extractor, nearest_k=nearest_k)
+    total = len(samples) if hasattr(samples, "__len__") else None
+    out = Evaluation(source=SampleSource(samples, extractor.device), metrics={"generation": metric},
+                     fingerprint="in-memory", label="samples", total=total, seed=seed, progress=progress).run()
+    return out.values

@@ -12,5 +12,6 @@ METRICS.register("speed", "vtbench.metrics.speed:Speed")
 METRICS.register("detail", "vtbench.metrics.detail:Detail")
 METRICS.register("text", "vtbench.metrics.text:TextAccuracy")
 METRICS.register("ocr", "vtbench.metrics.text:OCRErrorRate")
+METRICS.register("generation", "vtbench.metrics.generation:GenerationMetrics")
 
 __all__ = ["METRICS", "Batch", "Metric", "MetricUnavailable", "MetricValue", "Output"]

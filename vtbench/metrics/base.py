@@ -53,14 +53,15 @@ class MetricValue:
 
 @dataclass
 class Batch:
-    """One decoded batch as every metric sees it.
+    """One batch as every metric sees it.
 
     ``original`` and ``reconstruction`` are uint8 ``(N, 3, H, W)`` on the same device and of the same size:
-    reconstructions are quantised to 8 bits before any metric, as the rFID protocol does.
+    reconstructions are quantised to 8 bits before any metric, as the rFID protocol does. The generation task has
+    no originals: ``original`` is None and ``reconstruction`` holds the generated samples.
     """
 
     ids: list[str]
-    original: torch.Tensor
+    original: torch.Tensor | None
     reconstruction: torch.Tensor
     tokens: Any = None  # vtbench.tokenizers.base.Tokens (None for reference-only passes)
     encode_seconds: float = 0.0
@@ -72,15 +73,19 @@ class Batch:
     def __post_init__(self) -> None:
         for name in ("original", "reconstruction"):
             t = getattr(self, name)
+            if t is None and name == "original":
+                continue
             if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[1] != 3:
                 raise ValueError(f"Batch.{name} must be uint8 (N,3,H,W), got {t.dtype} {tuple(t.shape)}")
-        if self.original.shape != self.reconstruction.shape:
+        if self.original is not None and self.original.shape != self.reconstruction.shape:
             raise ValueError(f"original {tuple(self.original.shape)} and reconstruction "
                              f"{tuple(self.reconstruction.shape)} differ in shape")
+        if len(self.ids) != self.reconstruction.shape[0]:
+            raise ValueError(f"{len(self.ids)} ids for {self.reconstruction.shape[0]} images")
 
     @property
     def size(self) -> int:
-        return int(self.original.shape[0])
+        return int(self.reconstruction.shape[0])
 
     @staticmethod
     def to_float(x: torch.Tensor) -> torch.Tensor:

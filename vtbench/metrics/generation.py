@@ -28,10 +28,12 @@ Definitions follow openai/guided-diffusion ``evaluations/evaluator.py`` (ADM); l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
+from vtbench.metrics.base import Metric, Output
 from vtbench.metrics.frechet import FeatureStats
 
 IS_SPLIT_SIZE = 5000
@@ -257,6 +259,90 @@ class GenerationState:
         return self._features[0]
 
 
-__all__ = ["IS_SPLIT_SIZE", "NEAREST_K", "PR_BLOCK_SIZE", "GenerationState", "InceptionScoreState",
+__all__ = ["IS_SPLIT_SIZE", "NEAREST_K", "PR_BLOCK_SIZE", "GenerationMetrics", "GenerationState",
+           "InceptionScoreState",
            "inception_score", "manifold_membership", "manifold_radii", "precision_recall", "softmax64",
            "squared_distances"]
+
+
+# ------------------------------------------------------------------------------------------ registered metric
+
+
+class GenerationMetrics(Metric):
+    """gFID, sFID, Inception Score, precision and recall of generated samples against a reference, as a registered
+    metric (``generation``): the generation task runs it through the same evaluation core as every other task.
+
+    States (torchmetrics ``add_state``; all reduce across processes): float64 sums of the pool_3 and spatial
+    Gaussians (``sum``), the classifier logits in sample order (``cat``; the Inception Score splits samples in
+    order) and the pool_3 features (``cat``, float32) for precision/recall when the reference has features. The
+    reference (``vtbench.gfid.Reference``) comes in the context's ``settings["reference"]``, the extractor (with its
+    resize mode) in ``settings["extractor"]``. ``compute`` gives every value, or None with the reason (non-finite
+    values included), through ``vtbench.gfid.scoring.score_state``.
+    """
+
+    name = "generation"
+    protocol = "generation"
+    needs = frozenset({"samples", "features"})
+    outputs = (Output("gfid", "gFID", "", False), Output("sfid", "sFID", "", False),
+               Output("inception_score", "IS", "", True), Output("precision", "Precision", "", True),
+               Output("recall", "Recall", "", True))
+
+    @classmethod
+    def from_context(cls, ctx: Any) -> "GenerationMetrics":
+        s = dict(ctx.settings)
+        if s.get("reference") is None or s.get("extractor") is None:
+            from vtbench.metrics.base import MetricUnavailable
+            raise MetricUnavailable("the generation metrics score samples against a reference: run them with "
+                                    "`vtbench gfid SAMPLES --ref REF` (or `vtbench probe`), not `vtbench run`")
+        return cls(s["reference"], s["extractor"], nearest_k=int(s.get("nearest_k", NEAREST_K)),
+                   split_size=int(s.get("split_size", IS_SPLIT_SIZE)), warning=s.get("warning"))
+
+    def __init__(self, reference: Any, extractor: Any, *, nearest_k: int = NEAREST_K,
+                 split_size: int = IS_SPLIT_SIZE, warning: str | None = None) -> None:
+        super().__init__()
+        from vtbench.metrics.inception import FEATURE_DIM, SPATIAL_DIM
+        self.reference, self.extractor, self.nearest_k = reference, extractor, nearest_k
+        self.split_size, self.warning = split_size, warning
+        self.keep_features = reference.features is not None
+        device = extractor.device
+        for side, dim in (("pool", FEATURE_DIM), ("spatial", SPATIAL_DIM)):
+            zero = FeatureStats.zeros(dim, device)
+            self.add_state(f"{side}_n", zero.n, "sum")
+            self.add_state(f"{side}_sum", zero.sum, "sum")
+            self.add_state(f"{side}_outer", zero.outer, "sum")
+        self.add_state("logits", None, "cat")
+        self.add_state("n_logits", torch.zeros((), dtype=torch.int64), "sum")
+        self.add_state("features", None, "cat")
+        self.to(device)
+
+    def _stats(self, side: str) -> FeatureStats:
+        return FeatureStats(getattr(self, f"{side}_n"), getattr(self, f"{side}_sum"), getattr(self, f"{side}_outer"))
+
+    def update(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Fold one batch of samples (``batch.reconstruction``, uint8) in; no per-sample values."""
+        out = self.extractor.features_all(batch.reconstruction, logits=True)
+        self._stats("pool").update(out.pool)
+        self._stats("spatial").update(out.spatial)
+        if out.logits is not None:
+            self.logits.append(out.logits.detach().to(torch.float64))
+            self.n_logits += int(out.logits.shape[0])
+        if self.keep_features:
+            self.features.append(out.pool.detach().to(torch.float32))
+        return {}
+
+    def state(self) -> GenerationState:
+        """The states as a ``GenerationState`` (what ``score_state`` reads)."""
+        state = GenerationState(self.pool_sum.shape[0], self.spatial_sum.shape[0], keep_features=self.keep_features,
+                                split_size=self.split_size, device=self.pool_sum.device)
+        state.pool, state.spatial = self._stats("pool"), self._stats("spatial")
+        if len(self.logits):
+            state.inception.update_logits(torch.cat(list(self.logits)))
+        state.n_logits = int(self.n_logits)
+        if self.keep_features and len(self.features):
+            state._features = [torch.cat([f.cpu() for f in self.features])]
+        return state
+
+    def compute(self) -> dict[str, Any]:
+        from vtbench.gfid.scoring import score_state
+        return score_state(self.state(), self.reference, extractor=self.extractor, nearest_k=self.nearest_k,
+                           device=self.pool_sum.device, warning=self.warning)
