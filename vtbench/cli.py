@@ -134,6 +134,13 @@ def run(
         help="Write reconstructions as PNG under the original names."),
     force: bool = typer.Option(False, "--force", help="Recompute completed runs."),
     seed: int = typer.Option(0, "--seed"),
+    seeds: Optional[str] = typer.Option(
+        None, "--seeds",
+        help="Comma-separated decoder seeds for tokenizers that sample (flow/diffusion decoders), e.g. 0,1,2: one "
+             "record per seed plus their mean and spread. Deterministic tokenizers run once."),
+    sweep: bool = typer.Option(
+        False, "--sweep",
+        help="Run every setting of a rate sweep named with -t (e.g. -t restok.l-128 --sweep: k = 4 ... 128)."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     cards: Optional[list[Path]] = typer.Option(None, "--cards", help=CARDS_HELP),
@@ -153,6 +160,12 @@ def run(
             matched = list_tokenizers(t) if any(c in t for c in "*?[") else [get_card(t).name]
             if not matched:
                 _fail(f"no tokenizer matches {t!r} (see `vtbench ls tokenizers`)", 2)
+            if sweep:
+                expanded = [s for m in matched for s in (get_card(m).sweep_settings or [m])]
+                if expanded == matched:
+                    _fail(f"--sweep: {t!r} names no rate sweep (sweeps: "
+                          f"{', '.join(n for n in list_tokenizers() if get_card(n).sweep_settings) or 'none'})", 2)
+                matched = expanded
             names += matched
         names = names or list_tokenizers(default_run=True)
         if weights and len(names) != 1:
@@ -176,7 +189,7 @@ def run(
         cfg = RunConfig(data=data, metrics=metrics.split(",") if metrics else None,
                         protocol=protocol or "reconstruction", annotations=annotations,
                         preprocess=preprocess, resolution=resolution, limit=limit, seed=seed,
-                        batch_size=batch_size, device=device, out=out, force=force,
+                        batch_size=batch_size, device=device, out=out, force=force, seeds=_parse_seeds(seeds),
                         save_reconstructions=save_reconstructions, weights=weights,
                         trust_checkpoint=trust_checkpoint, workers=workers, progress=not (quiet or as_json))
         records = run_eval(names, cfg)
@@ -203,6 +216,18 @@ def run(
             console = Console(width=200)
         console.print(rich_table(records))
         typer.echo(f"results: {out}/  summary: {page}", err=True)
+
+
+def _parse_seeds(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"--seeds {text!r}: expected comma-separated integers such as 0,1,2", 2)
+    if not out or len(set(out)) != len(out):
+        _fail(f"--seeds {text!r}: give distinct integers such as 0,1,2", 2)
+    return out
 
 
 @app.command()

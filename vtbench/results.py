@@ -160,9 +160,16 @@ def read_record(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a valid result file ({exc}); delete it and re-run") from None
 
 
+def is_seed_record(path: Path) -> bool:
+    """A per-seed record of a sampling decoder (``.../<task>/seed-<s>/result.json``) whose seeds' summary sits
+    one folder up: leaderboards and compare read the summary (mean and spread), not each seed."""
+    return path.parent.name.startswith("seed-") and (path.parent.parent / RESULT_FILE).is_file()
+
+
 def iter_records(root: str | Path) -> Iterable[tuple[Path, dict[str, Any]]]:
+    """Every result record below ``root`` (or ``root`` itself), per-seed records under a seeds summary left out."""
     root = Path(root)
-    paths = [root] if root.is_file() else sorted(root.rglob(RESULT_FILE))
+    paths = [root] if root.is_file() else [p for p in sorted(root.rglob(RESULT_FILE)) if not is_seed_record(p)]
     for p in paths:
         yield p, read_record(p)
 

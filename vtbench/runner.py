@@ -28,12 +28,7 @@ from vtbench.hashing import sha256sum
 from vtbench.metrics import METRICS, Batch, Metric, MetricUnavailable, MetricValue
 from vtbench.metrics.base import MetricContext, metric_for_output
 from vtbench.paths import join_under, png_relpath, safe_name
-from vtbench.results import (
-    environment,
-    new_record,
-    protocol_section,
-    run_dir,
-)
+from vtbench.results import RESULT_FILE, environment, new_record, protocol_section, run_dir, write_json_atomic
 from vtbench.tokenizers import Tokenizer, UnsupportedResolutionError, build_tokenizer
 from vtbench.tokenizers.base import image_seeds
 
@@ -57,7 +52,8 @@ class RunConfig:
     preprocess: str | None = None  # None: the protocol's policy
     resolution: int | None = None  # None: the protocol's resolution
     limit: int | None = None
-    seed: int = 0
+    seed: int = 0  # the data subset (--limit) and, for sampling decoders, the decoder seed
+    seeds: list[int] | None = None  # sampling decoders: one record per decoder seed + their mean and spread
     batch_size: int = 16
     device: str = "auto"
     out: Path = Path("results")
@@ -164,16 +160,21 @@ class TokenizerRun:
     """One (tokenizer, dataset) pass."""
 
     def __init__(self, tokenizer: Tokenizer, dataset: ImageDataset, cfg: RunConfig, protocol: Protocol,
-                 metric_names: list[str], device: torch.device):
+                 metric_names: list[str], device: torch.device, decode_seed: int | None = None):
         self.tok, self.ds, self.cfg, self.protocol = tokenizer, dataset, cfg, protocol
         self.metric_names, self.device = metric_names, device
         self.policy = dataset.policy.bind(self._accepts)
-        self.dir = run_dir(cfg.out, dataset.info, tokenizer.name, protocol.name)
+        # sampling decoders: the seed of the decoder's noise (per image: sha256(seed:id)); with --seeds each seed's
+        # record lives in seed-<s>/ under the task folder and the folder itself holds their mean and spread
+        self.decode_seed = cfg.seed if decode_seed is None else decode_seed
+        sub = (f"seed-{self.decode_seed}",) if decode_seed is not None else ()
+        self.dir = run_dir(cfg.out, dataset.info, tokenizer.name, protocol.name, *sub)
         words = [dataset.info.extra["annotations"]] if dataset.info.extra.get("annotations") else []
         self.fingerprint = fingerprint(
             tokenizer.name, tokenizer.weights_sha256, dataset.info.id, dataset.info.revision,
             dataset.info.selection, self.policy.describe(), protocol_section(protocol),
-            sorted(metric_names), cfg.seed, *words)
+            sorted(metric_names), cfg.seed, *words,
+            *([{"decode_seed": self.decode_seed}] if tokenizer.stochastic else []))
         ref = fingerprint(dataset.info.id, dataset.info.revision, dataset.info.selection, self.policy.describe(),
                           *words)
         self.metrics, self.unavailable = build_metrics(metric_names, device, reference_key=ref, protocol=protocol,
@@ -202,7 +203,7 @@ class TokenizerRun:
         with torch.inference_mode():
             tokens = self.tok.encode(inp)
             if self.tok.stochastic:  # per-image noise for sampling decoders: batch-size and order independent
-                tokens.seeds = image_seeds(ids, self.cfg.seed)
+                tokens.seeds = image_seeds(ids, self.decode_seed)
             _sync(self.device)
             t1 = time.perf_counter()
             rec = self.tok.decode(tokens)
@@ -294,7 +295,7 @@ class TokenizerRun:
         run_section = {"fingerprint": self.fingerprint, "batch_size": self.cfg.batch_size, "seed": self.cfg.seed,
                        "metrics_selected": self.metric_names}
         if self.tok.stochastic:
-            run_section["sampling"] = {"seed": self.cfg.seed, "per_image_seed": "sha256(seed:id)",
+            run_section["sampling"] = {"seed": self.decode_seed, "per_image_seed": "sha256(seed:id)",
                                        "network_evaluations_per_image": self.tok.network_evaluations()}
         return new_record(
             created=out.started, finished=out.finished,
@@ -325,6 +326,37 @@ class TokenizerRun:
         return self.evaluation().run()
 
 
+def seed_summary(records: list[dict[str, Any]], folder: Path) -> dict[str, Any]:
+    """One record for a sampling decoder run at several seeds: each metric's mean over the seeds as its value,
+    with the spread (sample standard deviation, min, max) and every seed's value in ``extra``; a metric null at
+    any seed is null with that reason. Written to ``folder/result.json``; the per-seed records stay in
+    ``folder/seed-<s>/``."""
+    import statistics
+    first = records[0]
+    seeds = [r["run"]["sampling"]["seed"] for r in records]
+    metrics: dict[str, Any] = {}
+    for key, v0 in first["metrics"].items():
+        vals = [r["metrics"].get(key, {}).get("value") for r in records]
+        entry = dict(v0)
+        if any(v is None for v in vals):
+            reasons = [r["metrics"].get(key, {}).get("reason") for r in records if r["metrics"].get(key, {})
+                       .get("value") is None]
+            entry.update(value=None, reason=reasons[0] if reasons else "missing at some seed")
+        else:
+            entry["value"] = statistics.fmean(vals)
+            entry["extra"] = {**(v0.get("extra") or {}), "seeds": seeds, "per_seed": vals,
+                              "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "min": min(vals),
+                              "max": max(vals)}
+        metrics[key] = entry
+    record = {**first, "metrics": metrics,
+              "run": {**first["run"], "fingerprint": fingerprint(*(r["run"]["fingerprint"] for r in records)),
+                      "seeds": seeds, "per_seed_records": [f"seed-{s}/{RESULT_FILE}" for s in seeds],
+                      "sampling": {**first["run"]["sampling"], "seed": None, "seeds": seeds}}}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / RESULT_FILE, record)
+    return record
+
+
 def run(tokenizers: list[str], cfg: RunConfig,
         on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Evaluate each tokenizer on ``cfg.data``; returns the RunResult records (existing complete ones reused)."""
@@ -351,7 +383,14 @@ def run(tokenizers: list[str], cfg: RunConfig,
     records = []
     for name in tokenizers:
         tok = build_tokenizer(name, weights=cfg.weights, trust=cfg.trust_checkpoint, device=device)
-        record = TokenizerRun(tok, dataset, cfg, protocol, names, device).run()
+        if cfg.seeds and tok.stochastic:
+            per_seed = [TokenizerRun(tok, dataset, cfg, protocol, names, device, decode_seed=s).run()
+                        for s in cfg.seeds]
+            record = seed_summary(per_seed, run_dir(cfg.out, dataset.info, tok.name, protocol.name))
+        else:
+            if cfg.seeds:
+                log.info("%s decodes deterministically: --seeds ignored (one run)", tok.name)
+            record = TokenizerRun(tok, dataset, cfg, protocol, names, device).run()
         records.append(record)
         if on_result:
             on_result(record)
