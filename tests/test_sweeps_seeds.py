@@ -112,3 +112,15 @@ def test_seeds_give_one_record_per_seed_and_a_summary(tmp_path):
 def test_seeds_on_a_deterministic_tokenizer_run_once(tmp_path):
     out = _run(tmp_path, "-t", "jpeg.q50", "--seeds", "0,1")
     assert not list(Path(out["result"]).parent.glob("seed-*"))
+
+
+def test_a_sweep_is_one_curve_on_the_leaderboard(tmp_path):
+    from vtbench.leaderboard.view import Entry, build_sections
+    from vtbench.results import iter_records
+    _run(tmp_path, "-t", "noisy.p48", "--sweep")
+    _run(tmp_path, "-t", "jpeg.q50")
+    sections = build_sections([Entry(p, r) for p, r in iter_records(tmp_path)])
+    series = {s.label: s for s in sections[0].series}
+    assert sorted(series) == ["jpeg.q50", "noisy.p48 (k sweep)"]
+    sweep = series["noisy.p48 (k sweep)"]
+    assert [p.tokens for p in sweep.points] == [6, 24, 48]  # ordered by bpp, which follows k

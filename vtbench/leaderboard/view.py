@@ -258,15 +258,24 @@ def build_table(title: str, entries: list[Entry], link_prefix: str = "tokenizers
 
 
 def rd_series(entries: list[Entry], keys: list[str]) -> list[Series]:
-    """Rate-distortion curves: variants of one (family, kind) form one curve (a rate sweep), ordered by bpp."""
+    """Rate-distortion curves, ordered by bpp: the settings of one declared rate sweep (a card's ``[sweep]``: token
+    counts of one checkpoint) form one curve named after the sweep; other variants of one (family, kind) form one
+    curve (e.g. jpeg.q10/q50/q90)."""
     groups: dict[tuple[str, str], list[Entry]] = {}
+    sweeps: dict[tuple[str, str], str] = {}
     for e in entries:
-        groups.setdefault((e.family, e.kind), []).append(e)
+        sweep = as_dict(e.tokenizer.get("sweep"))
+        group = as_text(sweep.get("group")) if sweep else ""
+        key = (e.family, f"{e.kind}\x00{group}") if group else (e.family, e.kind)
+        if group:
+            sweeps[key] = group
+        groups.setdefault(key, []).append(e)
     kinds_per_family: dict[str, int] = {}
     for fam, _ in groups:
         kinds_per_family[fam] = kinds_per_family.get(fam, 0) + 1
     out = []
-    for (fam, kind), members in sorted(groups.items()):
+    for (fam, kind_key), members in sorted(groups.items()):
+        kind = kind_key.split("\x00")[0]
         pts = []
         for e in members:
             vals = {k: v for k in keys if (v := e.value(k)) is not None and math.isfinite(v)}
@@ -274,7 +283,9 @@ def rd_series(entries: list[Entry], keys: list[str]) -> list[Series]:
             pts.append(Point(e.name, bpp if bpp is not None and math.isfinite(bpp) and bpp > 0 else None,
                              tok if tok is not None and math.isfinite(tok) and tok > 0 else None, vals))
         pts.sort(key=lambda p: (p.bpp is None, p.bpp or 0.0, p.tokenizer))
-        if len(members) == 1:
+        if (fam, kind_key) in sweeps:
+            label = f"{sweeps[(fam, kind_key)]} (k sweep)" if len(members) > 1 else members[0].name
+        elif len(members) == 1:
             label = members[0].name
         else:
             label = fam if kinds_per_family[fam] == 1 else f"{fam} ({kind})"
