@@ -108,6 +108,14 @@ class _PoisonedExtractor:
         f[0] = self._value
         return f
 
+    def features_all(self, images: torch.Tensor, logits: bool = False) -> Any:
+        out = self._inner.features_all(images, logits=logits)
+        poisoned = {k: (v.clone() if v is not None else None) for k, v in vars(out).items()}
+        for v in poisoned.values():
+            if v is not None:
+                v[0] = self._value
+        return SimpleNamespace(**poisoned)
+
     def __getattr__(self, item: str) -> Any:
         return getattr(self._inner, item)
 

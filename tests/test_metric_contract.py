@@ -45,6 +45,9 @@ STAND_INS: dict[str, str] = {
             "test_contract_real_ocr (slow) runs EasyOCR",
     "ocr": "EasyOCR reads a 256x256 page in ~2.5 s: a stub engine reads one word per 32x32 tile (its mean grey); "
            "test_contract_real_ocr (slow) runs EasyOCR",
+    "generation": "as rfid: the projection stands in for pool_3 (64), its first 16 dims for the spatial features "
+                  "and a fixed 10-class head for the logits; the reference is the originals through the same "
+                  "stand-in; tests/test_gfid.py runs the real extractor",
 }
 
 #: outputs compared for shape only: metric -> {output: why its value depends on when it is measured}
@@ -113,6 +116,39 @@ class ProjectionExtractor:
         return {"extractor": self.id}
 
 
+class GenerationExtractor(ProjectionExtractor):
+    """The projection stand-in with ``features_all`` (pool, spatial, logits) as the generation metric reads it."""
+
+    device = torch.device("cpu")
+    sha256 = "metric-tester"
+    resize_mode = "clean"
+    has_logits = True
+    SPATIAL = 16
+
+    def features_all(self, images: torch.Tensor, logits: bool = False) -> SimpleNamespace:
+        pool = self.features(images)
+        head = torch.randn(self.DIM, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        return SimpleNamespace(pool=pool, spatial=pool[:, :self.SPATIAL].clone(),
+                               logits=pool @ head if logits else None)
+
+    def logits_unavailable_reason(self) -> None:
+        return None
+
+
+def _generation_reference(samples: Samples):
+    from vtbench.gfid.reference import Reference
+    from vtbench.metrics.frechet import FeatureStats, GaussianStats
+    out = GenerationExtractor().features_all(samples.original)
+    stats = {}
+    for side, f in (("pool", out.pool), ("spatial", out.spatial)):
+        acc = FeatureStats.zeros(f.shape[1])
+        acc.update(f)
+        mu, sigma = acc.mean_cov()
+        stats[side] = GaussianStats(mu, sigma, f.shape[0])
+    return Reference(id="originals", description={}, pool=stats["pool"], spatial=stats["spatial"],
+                     features=out.pool.float(), extractor=GenerationExtractor.id)
+
+
 class StubOCR:
     """A deterministic OCR engine (see STAND_INS): ``recognize`` knows the originals' word crops."""
 
@@ -161,6 +197,9 @@ def _apply_stand_ins(name: str, samples: Samples, tmp_path: Path, monkeypatch) -
         monkeypatch.setattr("vtbench.metrics.fid.FEATURE_DIM", ProjectionExtractor.DIM)
     elif name == "lpips":
         _lpips_stand_in(tmp_path, monkeypatch)
+    elif name == "generation":
+        monkeypatch.setattr("vtbench.metrics.inception.FEATURE_DIM", ProjectionExtractor.DIM)
+        monkeypatch.setattr("vtbench.metrics.inception.SPATIAL_DIM", GenerationExtractor.SPATIAL)
     elif name in ("text", "ocr"):
         stub = StubOCR(samples)
         monkeypatch.setattr("vtbench.metrics.text._engine", lambda engine, device: stub)
@@ -178,6 +217,11 @@ def _samples_for(name: str, photos: Samples, texts: Samples) -> Samples:
 def _factory(name: str, samples: Samples, tokenizer):
     protocol = _protocol(name)
     resolution = 256 if protocol.task == "text" else None
+    if name == "generation":  # built as vtbench gfid builds it: the reference and extractor in the context
+        from vtbench.metrics.base import MetricContext
+        ref = _generation_reference(samples)
+        return lambda: METRICS.get(name).from_context(MetricContext(settings={"reference": ref,
+                                                                             "extractor": GenerationExtractor()}))
 
     def make():
         built, unavailable = build_metrics([name], torch.device("cpu"), reference_key=None, protocol=protocol,

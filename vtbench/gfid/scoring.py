@@ -96,6 +96,9 @@ def _frechet(key: str, stats: FeatureStats, ref: GaussianStats | None, missing: 
     if foreign:
         extra["reference_statistics"] = "file (another pipeline)"
     mu, sigma = stats.mean_cov()
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        return _metric(key, None, n, "the samples' features are not finite (NaN/Inf from the extractor or the "
+                                     "decoded images)", **extra)
     return _metric(key, frechet_distance(mu, sigma, ref.mu, ref.sigma), n, **extra)
 
 
@@ -146,6 +149,8 @@ def score_state(state: GenerationState, reference: Reference, *, extractor: Ince
         reason = reference.missing.get("precision_recall") or "the reference has no pool_3 features"
     elif feats is None:
         reason = "sample features were not kept"
+    elif not torch.isfinite(feats).all():
+        reason = "the samples' features are not finite (NaN/Inf): nearest-neighbour distances are undefined"
     elif min(n, reference.features.shape[0]) < nearest_k + 1:
         reason = (f"k-NN manifolds with k={nearest_k} need at least {nearest_k + 1} images on each side, got "
                   f"{n} samples and {reference.features.shape[0]} reference images")
