@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -67,6 +68,8 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     from rich.console import Console
     from rich.logging import RichHandler
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    if int(os.environ.get("RANK", "0")) > 0 and not verbose:  # torchrun: other ranks log warnings only
+        level = logging.WARNING
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(console=Console(stderr=True), show_path=False)], force=True)
 
@@ -141,7 +144,12 @@ def run(
     sweep: bool = typer.Option(
         False, "--sweep",
         help="Run every setting of a rate sweep named with -t (e.g. -t restok.l-128 --sweep: k = 4 ... 128)."),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers",
+        help="DataLoader worker processes per process (default: the spare cores, at most 8; 0 on <= 2 cores)."),
+    precision: str = typer.Option(
+        "fp32", "--precision",
+        help="fp32, bf16 or fp16 for the tokenizer's forward passes (metrics always fp32); recorded."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     cards: Optional[list[Path]] = typer.Option(None, "--cards", help=CARDS_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -149,6 +157,8 @@ def run(
 ) -> None:
     """Evaluate tokenizers on a dataset (no arguments: all default reference/tiny tokenizers on the embedded data)."""
     _use_cards(cards)
+    if precision not in ("fp32", "bf16", "fp16"):
+        _fail(f"--precision {precision!r}: expected fp32, bf16 or fp16", 2)
     from vtbench.config import ProtocolError, get_card, load_protocol, protocol_for_task
     from vtbench.registry import UnknownNameError
     from vtbench.tokenizers import list_tokenizers
@@ -191,7 +201,8 @@ def run(
                         preprocess=preprocess, resolution=resolution, limit=limit, seed=seed,
                         batch_size=batch_size, device=device, out=out, force=force, seeds=_parse_seeds(seeds),
                         save_reconstructions=save_reconstructions, weights=weights,
-                        trust_checkpoint=trust_checkpoint, workers=workers, progress=not (quiet or as_json))
+                        trust_checkpoint=trust_checkpoint, workers=workers, precision=precision,
+                        progress=not (quiet or as_json))
         records = run_eval(names, cfg)
     except typer.Exit:
         raise
@@ -199,6 +210,9 @@ def run(
         _fail(str(exc), 2)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
+    from vtbench import distributed
+    if not distributed.is_main():  # torchrun: rank 0 reports (every rank holds the same records)
+        return
     from vtbench.results import RESULT_FILE, run_dir
     summaries = [_run_summary(r, run_dir(out, r["dataset"], r["tokenizer"]["name"], r["protocol"]["name"])
                               / RESULT_FILE)

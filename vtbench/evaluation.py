@@ -16,7 +16,10 @@ With ``dir=None`` nothing is read or written (an in-memory evaluation, e.g. the 
 
 A source is any object with ``batches(done, skip) -> Iterator[Batch]``: it yields the batches of items whose ids
 are not in ``done`` and calls ``skip(id, reason)`` for items it cannot use (unreadable images, empty meshes), which
-are counted and recorded, never silently dropped. It may keep ``timings`` (a dict of seconds, checkpointed).
+are counted and recorded, never silently dropped. It may keep ``timings`` (a dict of seconds, checkpointed). Its
+``ids`` (every item id in order) let the core shard it under ``torchrun`` (``vtbench.distributed``): each rank
+evaluates its shard with its own resume file, torchmetrics reduces the metric states, the rows are gathered and
+rank 0 writes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vtbench import distributed as dist
 from vtbench.core import Progress
 from vtbench.metrics.base import Batch, Metric, MetricValue
 from vtbench.results import RESULT_FILE, SAMPLES_FILE, read_record, write_json_atomic, write_text_atomic
@@ -103,7 +107,8 @@ class Evaluation:
 
     @property
     def progress_path(self) -> Path | None:
-        return None if self.dir is None else self.dir / PROGRESS_FILE
+        """This process's resume file (one per rank under torchrun)."""
+        return None if self.dir is None else self.dir / dist.progress_name(PROGRESS_FILE)
 
     def save_progress(self) -> None:
         if self.dir is None:
@@ -115,7 +120,7 @@ class Evaluation:
         tmp = self.dir / f".{PROGRESS_FILE}.{os.getpid()}.tmp"
         try:
             torch.save(state, tmp)
-            os.replace(tmp, self.dir / PROGRESS_FILE)
+            os.replace(tmp, self.progress_path)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -173,10 +178,21 @@ class Evaluation:
         started = datetime.now(timezone.utc).isoformat()
         torch.manual_seed(self.seed)
         np.random.seed(self.seed)
-        bar = Progress(self.progress, self.total, self.label)
+        # under torchrun each rank takes its shard of the items (positions rank, rank + world, ...)
+        foreign: set[str] = set()
+        total = self.total
+        if dist.world() > 1:
+            ids = list(getattr(self.source, "ids", None) or [])
+            if not ids:
+                raise RuntimeError(f"{self.label}: this source cannot be sharded across processes (it does not list "
+                                   "its item ids); run it with one process")
+            mine = dist.shard(ids)
+            foreign = set(ids) - mine
+            total = len(mine)
+        bar = Progress(self.progress and dist.is_main(), total, self.label)
         bar.advance(len(self.done))
         try:
-            for k, batch in enumerate(self.source.batches(self.done, self._skip), 1):
+            for k, batch in enumerate(self.source.batches(self.done | foreign, self._skip), 1):
                 self._update(batch)
                 bar.advance(batch.size)
                 if self.dir is not None and k % self.checkpoint_every == 0:
@@ -194,6 +210,11 @@ class Evaluation:
 
     def finish(self, started: str) -> dict[str, Any] | Outcome:
         import time
+        if dist.world() > 1:  # every rank's rows, skipped items and ids (metric states: torchmetrics, in compute)
+            parts = dist.gather_objects((self.rows, self.skipped, sorted(self.done)))
+            self.rows = [r for rows, _, _ in parts for r in rows]
+            self.skipped = [s for _, skipped, _ in parts for s in skipped]
+            self.done = {i for _, _, done in parts for i in done}
         timings = getattr(self.source, "timings", None)
         t0 = time.perf_counter()
         values: dict[str, MetricValue] = {}
@@ -212,11 +233,13 @@ class Evaluation:
         record = self.record(outcome)
         record.setdefault("run", {})["fingerprint"] = self.fingerprint
         if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.dir / SAMPLES_FILE, pd.DataFrame(self.rows).sort_values("id").to_csv(index=False)
-                              if self.rows else "id\n")
-            write_json_atomic(self.dir / RESULT_FILE, record)
+            if dist.is_main():  # rank 0 writes; every rank returns the same record
+                self.dir.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(self.dir / SAMPLES_FILE, pd.DataFrame(self.rows).sort_values("id")
+                                  .to_csv(index=False) if self.rows else "id\n")
+                write_json_atomic(self.dir / RESULT_FILE, record)
             self.progress_path.unlink(missing_ok=True)
+            dist.barrier()
         return record
 
 

@@ -9,7 +9,9 @@ stopped; a completed run is skipped unless forced.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from vtbench import distributed
 from vtbench.config import Protocol, load_protocol
 from vtbench.core import fingerprint, quantise_uint8
 from vtbench.data.annotations import find_word_manifest, match_annotations
@@ -61,12 +64,24 @@ class RunConfig:
     save_reconstructions: Path | None = None
     weights: str | None = None
     trust_checkpoint: bool = False
-    workers: int = 0
+    workers: int | None = None  # DataLoader worker processes; None: default_workers()
+    precision: str = "fp32"  # the tokenizer's forward passes: fp32, bf16 or fp16 (metrics always fp32)
     checkpoint_every: int = 4  # batches between progress checkpoints
     thumbnails: int = 6  # originals + reconstructions kept in the run directory for the leaderboard
     progress: bool = True
     stop_after_batches: int | None = None  # for tests: simulate an interruption
     annotations: Path | None = None  # word manifest (JSONL) for text metrics; default: found next to the data
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_workers(world: int = 1) -> int:
+    """DataLoader workers per process: the cores left after one per process, at most 8; 0 on machines with two
+    cores or fewer, where a worker would compete with the model for the same cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cores // max(world, 1)
+    return 0 if cores <= 2 else max(0, min(8, per_process - 1))
 
 
 def attach_words(dataset: ImageDataset, manifest: str | Path | None) -> None:
@@ -174,7 +189,8 @@ class TokenizerRun:
             tokenizer.name, tokenizer.weights_sha256, dataset.info.id, dataset.info.revision,
             dataset.info.selection, self.policy.describe(), protocol_section(protocol),
             sorted(metric_names), cfg.seed, *words,
-            *([{"decode_seed": self.decode_seed}] if tokenizer.stochastic else []))
+            *([{"decode_seed": self.decode_seed}] if tokenizer.stochastic else []),
+            *([{"precision": cfg.precision}] if cfg.precision != "fp32" else []))
         ref = fingerprint(dataset.info.id, dataset.info.revision, dataset.info.selection, self.policy.describe(),
                           *words)
         self.metrics, self.unavailable = build_metrics(metric_names, device, reference_key=ref, protocol=protocol,
@@ -200,7 +216,10 @@ class TokenizerRun:
         self.tok.check_size(*inp.shape[-2:])
         _sync(self.device)
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        dtype = PRECISIONS[self.cfg.precision]
+        autocast = (torch.autocast(self.device.type, dtype=dtype) if dtype is not None
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
             tokens = self.tok.encode(inp)
             if self.tok.stochastic:  # per-image noise for sampling decoders: batch-size and order independent
                 tokens.seeds = image_seeds(ids, self.decode_seed)
@@ -269,14 +288,22 @@ class TokenizerRun:
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img.permute(1, 2, 0).cpu().numpy(), "RGB").save(path)
 
+    @property
+    def ids(self) -> list[str]:
+        return list(self.ds.ids)
+
     def batches(self, done: set[str], skip: Callable[[str, str], None]) -> Any:
         """Metric batches of same-size originals not yet done, in dataset order (size buckets flush when full)."""
         todo = [i for i, sid in enumerate(self.ds.ids) if sid not in done]
         if not todo:
             return
         subset = torch.utils.data.Subset(self.ds, todo)
+        workers = default_workers(distributed.world()) if self.cfg.workers is None else self.cfg.workers
         loader = torch.utils.data.DataLoader(subset, batch_size=self.cfg.batch_size, shuffle=False,
-                                             num_workers=self.cfg.workers, collate_fn=collate)
+                                             num_workers=workers, collate_fn=collate,
+                                             pin_memory=self.device.type == "cuda",
+                                             prefetch_factor=4 if workers else None,
+                                             persistent_workers=False)
         buckets: dict[tuple[int, ...], tuple[list[str], list[torch.Tensor]]] = {}
         for chunk in loader:
             for sid, err in chunk["errors"]:
@@ -293,7 +320,8 @@ class TokenizerRun:
     # -- the record -------------------------------------------------------------------------------
     def _record(self, out: Outcome) -> dict[str, Any]:
         run_section = {"fingerprint": self.fingerprint, "batch_size": self.cfg.batch_size, "seed": self.cfg.seed,
-                       "metrics_selected": self.metric_names}
+                       "metrics_selected": self.metric_names, "precision": self.cfg.precision,
+                       "processes": distributed.world()}
         if self.tok.stochastic:
             run_section["sampling"] = {"seed": self.decode_seed, "per_image_seed": "sha256(seed:id)",
                                        "network_evaluations_per_image": self.tok.network_evaluations()}
@@ -326,7 +354,7 @@ class TokenizerRun:
         return self.evaluation().run()
 
 
-def seed_summary(records: list[dict[str, Any]], folder: Path) -> dict[str, Any]:
+def seed_summary(records: list[dict[str, Any]], folder: Path, write: bool = True) -> dict[str, Any]:
     """One record for a sampling decoder run at several seeds: each metric's mean over the seeds as its value,
     with the spread (sample standard deviation, min, max) and every seed's value in ``extra``; a metric null at
     any seed is null with that reason. Written to ``folder/result.json``; the per-seed records stay in
@@ -352,8 +380,9 @@ def seed_summary(records: list[dict[str, Any]], folder: Path) -> dict[str, Any]:
               "run": {**first["run"], "fingerprint": fingerprint(*(r["run"]["fingerprint"] for r in records)),
                       "seeds": seeds, "per_seed_records": [f"seed-{s}/{RESULT_FILE}" for s in seeds],
                       "sampling": {**first["run"]["sampling"], "seed": None, "seeds": seeds}}}
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / RESULT_FILE, record)
+    if write:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / RESULT_FILE, record)
     return record
 
 
@@ -363,7 +392,7 @@ def run(tokenizers: list[str], cfg: RunConfig,
     from vtbench.config import get_card
     for name in tokenizers:  # unknown names fail before any data is read
         get_card(name)
-    device = resolve_device(cfg.device)
+    device = distributed.init_from_env(cfg.device) or resolve_device(cfg.device)  # torchrun: this rank's device
     protocol = load_protocol(cfg.protocol)
     if protocol.task == "compare":
         raise ValueError(f"--protocol {cfg.protocol}: {protocol.path} holds the compare gate's tolerances, not an "
@@ -386,7 +415,8 @@ def run(tokenizers: list[str], cfg: RunConfig,
         if cfg.seeds and tok.stochastic:
             per_seed = [TokenizerRun(tok, dataset, cfg, protocol, names, device, decode_seed=s).run()
                         for s in cfg.seeds]
-            record = seed_summary(per_seed, run_dir(cfg.out, dataset.info, tok.name, protocol.name))
+            record = seed_summary(per_seed, run_dir(cfg.out, dataset.info, tok.name, protocol.name),
+                                  write=distributed.is_main())
         else:
             if cfg.seeds:
                 log.info("%s decodes deterministically: --seeds ignored (one run)", tok.name)

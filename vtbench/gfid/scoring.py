@@ -30,6 +30,11 @@ class SampleSource:
         self.samples, self.device = samples, device
         self.timings: dict[str, float] = {"samples_s": 0.0, "metrics_s": 0.0}
 
+    @property
+    def ids(self) -> list[str] | None:
+        n = len(self.samples) if hasattr(self.samples, "__len__") else None
+        return None if n is None else [f"s{i:07d}" for i in range(n)]
+
     def batches(self, done: set[str], skip: Any) -> Iterator[Batch]:
         import time
         start, t0 = 0, time.perf_counter()
@@ -40,7 +45,8 @@ class SampleSource:
                 keep = [k for k, sid in enumerate(ids) if sid not in done]
                 if keep:
                     yield Batch(ids=[ids[k] for k in keep], original=None,
-                                reconstruction=images[keep].to(self.device))
+                                reconstruction=images[keep].to(self.device),
+                                index=torch.tensor([start - images.shape[0] + k for k in keep]))
         finally:
             self.timings["samples_s"] += time.perf_counter() - t0
 

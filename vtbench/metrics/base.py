@@ -69,6 +69,9 @@ class Batch:
     annotations: list | None = None  # per sample: ground-truth words ([{"text", "box"}]) or None (text task)
     # uint8 reconstructions decoded from perturbed tokens, keyed by the pFID metric's key (pfid@a0.5_d100_b1)
     perturbed: dict[str, torch.Tensor] | None = None
+    # int64 (N,) positions of the items in the source's order (generated samples: the Inception Score splits
+    # samples in order, whatever process scored them); None when order does not matter
+    index: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         for name in ("original", "reconstruction"):
@@ -193,7 +196,8 @@ class Metric(torchmetrics.Metric):
         for name, reduce in self._state_kinds().items():
             v = getattr(self, name)
             if reduce == "cat":
-                v = torch.cat([t.cpu() for t in v]) if len(v) else torch.empty(0)
+                parts = [v] if isinstance(v, torch.Tensor) else list(v)  # a tensor after a cross-process sync
+                v = torch.cat([t.cpu() for t in parts]) if parts else torch.empty(0)
             out[name] = v.detach().cpu().clone()
         return out
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vtbench.distributed import is_main
 from vtbench.metrics.base import Batch, Metric, MetricContext, MetricUnavailable, MetricValue, Output
 from vtbench.metrics.frechet import FeatureStats, GaussianStats, frechet_distance, load_stats, save_stats
 from vtbench.metrics.inception import FEATURE_DIM, load_inception
@@ -116,7 +117,7 @@ class RFID(Metric):
             if not _finite(ref_mu, ref_sigma):  # never cached: later runs would inherit the NaN
                 return {self.key: self.value(self.key, None, n, reason=_NON_FINITE.format(side="originals"),
                                            n_reference=n_ref, **extra)}
-            if self.cache_path is not None:
+            if self.cache_path is not None and is_main():  # one writer under torchrun (atomic; others read it)
                 save_stats(self.cache_path, ref_mu, ref_sigma, n_ref,
                            reference_key=self.reference_key, extractor=self.extractor.id)
                 extra["reference_cache"] = "written"

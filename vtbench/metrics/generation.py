@@ -268,6 +268,14 @@ __all__ = ["IS_SPLIT_SIZE", "NEAREST_K", "PR_BLOCK_SIZE", "GenerationMetrics", "
 # ------------------------------------------------------------------------------------------ registered metric
 
 
+def _cat(state: Any) -> torch.Tensor | None:
+    """A ``cat`` state as one tensor: a list of batches, or the one tensor torchmetrics leaves after a
+    cross-process sync; None when empty."""
+    if isinstance(state, torch.Tensor):
+        return state if state.numel() else None
+    return torch.cat(list(state)) if len(state) else None
+
+
 class GenerationMetrics(Metric):
     """gFID, sFID, Inception Score, precision and recall of generated samples against a reference, as a registered
     metric (``generation``): the generation task runs it through the same evaluation core as every other task.
@@ -311,6 +319,7 @@ class GenerationMetrics(Metric):
             self.add_state(f"{side}_sum", zero.sum, "sum")
             self.add_state(f"{side}_outer", zero.outer, "sum")
         self.add_state("logits", None, "cat")
+        self.add_state("positions", None, "cat")  # the logits' sample positions (IS splits in sample order)
         self.add_state("n_logits", torch.zeros((), dtype=torch.int64), "sum")
         self.add_state("features", None, "cat")
         self.to(device)
@@ -326,6 +335,9 @@ class GenerationMetrics(Metric):
         if out.logits is not None:
             self.logits.append(out.logits.detach().to(torch.float64))
             self.n_logits += int(out.logits.shape[0])
+            index = batch.index if batch.index is not None else torch.arange(int(self.n_logits) - batch.size,
+                                                                             int(self.n_logits))
+            self.positions.append(index.to(torch.float64).to(self.logits[-1].device))
         if self.keep_features:
             self.features.append(out.pool.detach().to(torch.float32))
         return {}
@@ -335,11 +347,13 @@ class GenerationMetrics(Metric):
         state = GenerationState(self.pool_sum.shape[0], self.spatial_sum.shape[0], keep_features=self.keep_features,
                                 split_size=self.split_size, device=self.pool_sum.device)
         state.pool, state.spatial = self._stats("pool"), self._stats("spatial")
-        if len(self.logits):
-            state.inception.update_logits(torch.cat(list(self.logits)))
+        logits, positions = _cat(self.logits), _cat(self.positions)
+        if logits is not None:
+            state.inception.update_logits(logits[torch.argsort(positions, stable=True)])
         state.n_logits = int(self.n_logits)
-        if self.keep_features and len(self.features):
-            state._features = [torch.cat([f.cpu() for f in self.features])]
+        features = _cat(self.features)
+        if self.keep_features and features is not None:
+            state._features = [features.cpu()]
         return state
 
     def compute(self) -> dict[str, Any]:

@@ -1,0 +1,134 @@
+"""Multi-process evaluation on CPU with gloo: the numbers do not depend on the process count.
+
+The fast tests spawn 2 and 3 ranks in-process (``torch.multiprocessing``, a file rendezvous) on a few embedded
+images, including an image count not divisible by the process count, and compare every metric and the per-sample
+table with one process; a killed multi-process run resumes. The slow test runs the real command line,
+``torchrun --nproc_per_node=N -m vtbench.cli run``, for N = 1, 2, 3 on the default run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from vtbench.distributed import progress_name, shard
+from vtbench.results import iter_records
+
+TOKENIZERS = ["identity.none", "jpeg.q50", "tiny.vq"]
+METRICS = "psnr,ssim,compression,rfid,detail"
+
+
+def _worker(rank: int, world: int, init: str, out: str, limit: int, stop: int | None) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    from vtbench.runner import RunConfig, run
+    cfg = RunConfig(data="embedded/photos", metrics=METRICS.split(","), limit=limit, batch_size=2, out=Path(out),
+                    device="cpu", progress=False, stop_after_batches=stop, workers=0)
+    try:
+        run(TOKENIZERS, cfg)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _spawn(world: int, out: Path, limit: int, stop: int | None = None) -> None:
+    if world == 1:
+        from vtbench.runner import RunConfig, run
+        run(TOKENIZERS, RunConfig(data="embedded/photos", metrics=METRICS.split(","), limit=limit, batch_size=2,
+                                  out=out, device="cpu", progress=False, workers=0))
+        return
+    init = f"file://{out.parent / (out.name + '.rendezvous')}"
+    mp.start_processes(_worker, args=(world, init, str(out), limit, stop), nprocs=world, start_method="fork")
+
+
+def _values(out: Path) -> dict[tuple[str, str], float | None]:
+    return {(rec["tokenizer"]["name"], k): v["value"] for _, rec in iter_records(out)
+            for k, v in rec["metrics"].items() if k not in ("encode_images_per_s", "decode_images_per_s",
+                                                              "peak_memory_mb")}
+
+
+def _rows(out: Path, tok: str) -> pd.DataFrame:
+    path = next(p for p, rec in iter_records(out) if rec["tokenizer"]["name"] == tok).parent / "samples.csv"
+    return pd.read_csv(path)
+
+
+def test_shards_cover_every_item_once():
+    ids = [f"i{k}" for k in range(7)]
+    for world in (1, 2, 3, 8):
+        parts = []
+        for r in range(world):
+            import vtbench.distributed as d
+            d_rank, d_world = d.rank, d.world
+            d.rank, d.world = (lambda r=r: r), (lambda w=world: w)
+            try:
+                parts.append(shard(ids))
+            finally:
+                d.rank, d.world = d_rank, d_world
+        assert sorted(i for p in parts for i in p) == ids
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_process_count_does_not_change_any_number(tmp_path, world):
+    limit = 5  # not divisible by 2 or 3
+    _spawn(1, tmp_path / "one", limit)
+    _spawn(world, tmp_path / "many", limit)
+    one, many = _values(tmp_path / "one"), _values(tmp_path / "many")
+    assert one.keys() == many.keys() and len(one) > 20
+    for key, v in one.items():
+        if key[0] in ("identity.none", "jpeg.q50"):  # codecs: exact
+            assert many[key] == v, key
+        else:  # learned tokenizer: to float rounding
+            assert many[key] == pytest.approx(v, rel=1e-6, abs=1e-9), key
+    for tok in TOKENIZERS:
+        a, b = _rows(tmp_path / "one", tok), _rows(tmp_path / "many", tok)
+        assert list(a["id"]) == list(b["id"]) and len(a) == limit
+        pd.testing.assert_frame_equal(a, b, rtol=1e-6)
+    rec = next(r for _, r in iter_records(tmp_path / "many"))
+    assert rec["run"]["processes"] == world and rec["dataset"]["n_used"] == limit
+
+
+def test_a_killed_multi_process_run_resumes(tmp_path):
+    limit = 6
+    _spawn(2, tmp_path / "run", limit, stop=1)  # every rank stops after its first batch, progress saved
+    folder = tmp_path / "run" / "embedded-photos" / "identity.none" / "reconstruction"
+    assert sorted(p.name for p in folder.glob("progress*.pt")) == ["progress.r0-of-2.pt", "progress.r1-of-2.pt"]
+    _spawn(2, tmp_path / "run", limit)
+    assert not list(folder.glob("progress*.pt"))
+    _spawn(1, tmp_path / "ref", limit)
+    assert _values(tmp_path / "run") == pytest.approx(_values(tmp_path / "ref"), rel=1e-6)
+
+
+def test_progress_file_names():
+    assert progress_name() == "progress.pt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_torchrun_command_line(tmp_path, world):
+    """The README's command: torchrun --nproc_per_node=N -m vtbench.cli run (default tokenizers, embedded data)."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", "--master_port",
+           str(29500 + world), "-m", "vtbench.cli", "run", "--limit", "5", "--metrics", METRICS, "--out", str(out),
+           "--json", "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    json.loads(r.stdout)  # rank 0 alone prints one JSON object
+    ref = tmp_path / "ref"
+    single = subprocess.run([sys.executable, "-m", "vtbench.cli", "run", "--limit", "5", "--metrics", METRICS,
+                             "--out", str(ref), "--json", "--device", "cpu"], capture_output=True, text=True,
+                            timeout=1200)
+    assert single.returncode == 0, single.stderr[-3000:]
+    a, b = _values(out), _values(ref)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), k
