@@ -68,6 +68,39 @@ def _diffusers_folder(card: TokenizerCard, folder: Path) -> tuple[Path, dict]:
 #: latent channels of the real VAEs that differ from SD's 4 (model cards / config.json of the hub folders)
 VAE_LATENT_CHANNELS = {"sd35": 16, "flux": 16}
 
+#: Layton scaled down: 32x32 images (the encoder sees 8x8: 2x2 codes), the same diffusers classes with few channels.
+#: ControlnetCond feeds zero text inputs of SDXL's sizes, so cross_attention_dim (2048) and the text part of
+#: projection_class_embeddings_input_dim (1280 + 6 x addition_time_embed_dim) keep SDXL's values.
+LAYTON_TINY: dict[str, Any] = {
+    "ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1, "z_channels": 32, "codebook_size": 64, "embed_dim": 4,
+    "image_size": 32, "encoder_size": 8, "cond_widths": [4, 8], "lora_rank": 2,
+    "unet": {"block_out_channels": [8, 16], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "attention_head_dim": [1, 2],
+             "transformer_layers_per_block": [1, 2], "norm_num_groups": 4, "cross_attention_dim": 2048,
+             "addition_time_embed_dim": 4, "projection_class_embeddings_input_dim": 1304, "sample_size": 4},
+    "vae": {"block_out_channels": [8, 8, 8, 8], "layers_per_block": 1, "norm_num_groups": 4, "sample_size": 32,
+            "scaling_factor": 100.0},  # a large scaling factor keeps random-weight images off the clip limits
+}
+
+#: vtbench's encoder names -> LlamaGen's (the official LaCTok file keeps LlamaGen's encoder names)
+LLAMAGEN_ENCODER_NAMES = [(r"^encoder\.down\.(\d+)\.block\.", r"encoder.conv_blocks.\1.res."),
+                          (r"^encoder\.down\.(\d+)\.", r"encoder.conv_blocks.\1."),
+                          (r"^encoder\.mid\.block_1\.", "encoder.mid.0."),
+                          (r"^encoder\.mid\.attn_1\.", "encoder.mid.1."),
+                          (r"^encoder\.mid\.block_2\.", "encoder.mid.2.")]
+
+
+def layton_file(card: TokenizerCard, folder: Path, seed: int = 0) -> tuple[Path, dict]:
+    """Seeded random weights of a (scaled) Layton card in the release layout: one ``{"model": state_dict}`` .pth
+    with the official names (LlamaGen encoder names, peft's LoRA names, diffusers' names)."""
+    pytest.importorskip("diffusers", reason="layton.* needs diffusers (pip install 'vtbench[diffusers]')")
+    from vtbench.tokenizers.weights import rename_keys
+    model = perturbed(load_object(card.entry).build_model(dict(card.params)), seed)
+    own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    path = folder / Path(card.weights["file"]).name
+    torch.save({"model": rename_keys(own, LLAMAGEN_ENCODER_NAMES)}, path)
+    return path, own
+
 _ENC = dict(ch=32, z_channels=32)  # the conv nets' width (GroupNorm with 32 groups needs multiples of 32)
 RECIPES: dict[str, Recipe] = {
     "llamagen": Recipe({**_ENC, "codebook_size": 64, "embed_dim": 4}, 32),
@@ -78,6 +111,7 @@ RECIPES: dict[str, Recipe] = {
     "gigatok": Recipe({**_ENC, "image_size": 64, "num_tokens": 16, "codebook_size": 64, "encoder_width": 32,
                        "encoder_heads": 4, "decoder_width": 32, "decoder_heads": 4}, 64, native=True),
     "vae": Recipe({}, 32, write=_diffusers_folder),
+    "layton": Recipe(LAYTON_TINY, 32, native=True, write=layton_file),
 }
 
 
@@ -186,5 +220,5 @@ def contract_tokenizer(card: TokenizerCard, folder: Path) -> Subject:
     return Subject(tokenizer_from_card(scaled, weights=path), recipe.size, written)
 
 
-__all__ = ["NO_RANDOM_WEIGHTS", "RECIPES", "Recipe", "Subject", "contract_size", "contract_tokenizer", "official_file",
-           "official_state", "scale_card"]
+__all__ = ["LAYTON_TINY", "NO_RANDOM_WEIGHTS", "RECIPES", "Recipe", "Subject", "contract_size", "contract_tokenizer",
+           "layton_file", "official_file", "official_state", "scale_card"]

@@ -59,6 +59,10 @@ class CheckpointTokenizer(Tokenizer):
 
     #: training-only prefixes dropped from every checkpoint of the family (cards may add more)
     drop_prefixes: tuple[str, ...] = ()
+    #: build the module on the meta device and load the file's tensors into it by assignment: no random
+    #: initialisation and no second copy of the weights in memory (for multi-billion-parameter models). The
+    #: module then holds the file's dtypes; ``__init__`` may cast them.
+    build_on_meta: bool = False
 
     def __init__(self, card: TokenizerCard, model: nn.Module, device: str | torch.device = "cpu"):
         super().__init__(card, device=device)
@@ -103,9 +107,18 @@ class CheckpointTokenizer(Tokenizer):
             raise ValueError(f"{card.card_path}: {card.name} has no [weights] table")
         path = resolve_weights(card.weights, weights, name=card.name)
         params = dict(card.params)
-        model = cls.build_model(params)
+        if cls.build_on_meta:
+            with torch.device("meta"):
+                model = cls.build_model(params)
+        else:
+            model = cls.build_model(params)
         state, info = cls.read_state(path, params, trust=trust, source=f"{card.name}: {path}")
-        load_strict(model, state, source=f"{card.name}: {path}")
+        load_strict(model, state, source=f"{card.name}: {path}", assign=cls.build_on_meta)
+        if cls.build_on_meta:
+            left = [k for k, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+            if left:  # a non-persistent buffer is not in any file: the family must create it after loading
+                raise WeightsMismatchError(f"{card.name}: {path}: {len(left)} tensors were not in the file and have "
+                                           f"no value (e.g. {left[:3]}); this is a bug in {cls.__name__}")
         tok = cls(card, model, device=device)
         tok.weights_path = Path(path)
         tok.weights_sha256 = sha256sum(path)

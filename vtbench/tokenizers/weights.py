@@ -347,8 +347,12 @@ def unwrap_state_dict(obj: Any, keys: tuple[str, ...] = ("ema", "model", "state_
     return extract_state_dict(obj, prefer=keys).state
 
 
-def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """``load_state_dict(strict=True)`` with a readable error naming the file and the first differences."""
+def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str,
+                assign: bool = False) -> None:
+    """``load_state_dict(strict=True)`` with a readable error naming the file and the first differences.
+
+    ``assign=True`` puts the file's tensors into the module instead of copying them (a module built on the meta
+    device gets real tensors, with the file's dtypes, and no second copy is made)."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -364,7 +368,7 @@ def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, s
             parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
         raise WeightsMismatchError(f"{source}: weights do not match the architecture: " + "; ".join(parts) +
                                    ". Check that the file is the checkpoint this card names.")
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
 
 
 
