@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from vtbench.config import get_card
 from vtbench.registry import load_object
@@ -112,3 +112,30 @@ def test_tokenbridge_scalar_codes_and_decoded_match_official(tmp_path):
         assert t.layout == ("h", "w", "channel")
         assert torch.equal(t.codes, expected), f"{(t.codes != expected).sum()} of {expected.numel()} codes differ"
         check_decoded(tok.decode(t), fx)
+
+
+# -- ResTok: 1D prefix codes; images in [0, 1]; the hub layout with the official config.json --------------------------
+@pytest.mark.parametrize("k", [4, 16, 128])
+def test_restok_prefix_codes_and_decoded_match_official(k, tmp_path):
+    """The fixture's official run encoded all 128 tokens and decoded the first k (``decode_tokens(codes[:, :k],
+    num_latent_tokens=k)``: mask tokens for the rest). vtbench loads the hub layout (``model.safetensors`` + the
+    official ``config.json``, read as data) through the sweep setting ``restok.l-128-k{k}`` scaled to the fixture.
+    The model works on [0, 1] images: the raw decoder output and vtbench's clamped images are both compared."""
+    fx = load_fixture("restok")
+    folder = tmp_path / "restok_l_128.r256_in1k"
+    folder.mkdir()
+    save_file(fx.state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(fx.meta["official_config"]))
+    base = get_card(f"{fx.meta['card']}-k{k}")
+    card = dataclasses.replace(base, params={**base.params, **fx.meta["vtbench_params"]}, native_size=None,
+                               size_multiple=2)
+    tok = load_object(card.entry).from_card(card, weights=folder)
+    expected = load_file(FIXTURES / "restok.safetensors")["decoded" if k == 128 else f"decoded_k{k}"]
+    with torch.no_grad():
+        t = tok.encode(fx.input)
+        want = fx.codes[:, :k]
+        assert torch.equal(t.codes, want), f"{(t.codes != want).sum()} of {want.numel()} codes differ"
+        raw = tok.model.decode_codes(t.codes)
+        y = tok.decode(t)
+    assert float((raw - expected).abs().max()) <= ATOL
+    assert float((y - from_model_range(expected, "[0,1]")).abs().max()) <= ATOL
