@@ -7,7 +7,8 @@ full-size model), given seeded random weights, written in the official file layo
 card path (``tokenizer_from_card``: weights resolution, the safe reader, wrapper, dropped training-only tensors,
 the family's key remapping, strict loading).
 
-The official layout comes from the key manifest dumped from the official code (``tokenizers/manifests/<card>.json``):
+The official layout comes from the key manifest dumped from the official code (``tokenizers/manifests/<card>.json``;
+every setting of a rate sweep shares its group's manifest, ``manifest_path``):
 the manifest's names are mapped to the module's names by the adapter's own loading path on meta tensors, the
 scaled model's tensors are written back under the official names, and the written file must hold exactly the
 manifest's names (wrapper key included). ``vae.*`` cards are diffusers folders (``save_pretrained``).
@@ -110,6 +111,9 @@ RECIPES: dict[str, Recipe] = {
     "tokenbridge": Recipe({"ch": 32}, 32),
     "gigatok": Recipe({**_ENC, "image_size": 64, "num_tokens": 16, "codebook_size": 64, "encoder_width": 32,
                        "encoder_heads": 4, "decoder_width": 32, "decoder_heads": 4}, 64, native=True),
+    # 128x128 keeps an 8x8 token grid, the narrowest that survives ResTok's three merges (64 -> 32 -> 16 -> 8)
+    "restok": Recipe({"pixel_ch": 32, "pixel_z_channels": 32, "codebook_size": 64, "image_size": 128,
+                      "enc_width": 32, "enc_heads": 2, "dec_width": 32, "dec_heads": 2}, 128, native=True),
     "vae": Recipe({}, 32, write=_diffusers_folder),
     "layton": Recipe(LAYTON_TINY, 32, native=True, write=layton_file),
 }
@@ -140,11 +144,17 @@ def _codebooks_with_padding(own: dict[str, torch.Tensor], params: dict[str, Any]
 INVERSE_HOOKS: dict[str, Callable[[dict, dict], dict]] = {"rqvae": _codebooks_with_padding}
 
 
+def manifest_path(card: TokenizerCard) -> Path:
+    """The key manifest of ``card``: ``tokenizers/manifests/<name>.json``, for a rate sweep's setting its group's
+    (``restok.l-128-k16`` -> ``restok.l-128.json``: the token count does not change the checkpoint)."""
+    return CARDS_DIR / "manifests" / f"{card.sweep_group or card.name}.json"
+
+
 def official_state(card: TokenizerCard, model: torch.nn.Module) -> tuple[Any, dict[str, Any]]:
     """``model``'s weights under the official names of ``card``'s key manifest, in its wrapper; returns the
     checkpoint object and the manifest. Training-only tensors the adapter drops are written too (small tensors:
     they are dropped by name, their shapes are never read)."""
-    manifest = load_manifest(CARDS_DIR / "manifests" / f"{card.name}.json")
+    manifest = load_manifest(manifest_path(card))
     cls = load_object(card.entry)
     probe = manifest_state(manifest)  # official names -> meta tensors
     wrapped = {manifest["wrapper"]: probe} if manifest.get("wrapper") else probe
@@ -210,10 +220,10 @@ def contract_tokenizer(card: TokenizerCard, folder: Path) -> Subject:
     if card.name in NO_RANDOM_WEIGHTS:
         pytest.skip(f"{absent}; no random weights: {NO_RANDOM_WEIGHTS[card.name]}")
     recipe = RECIPES.get(card.family)
-    has_manifest = (CARDS_DIR / "manifests" / f"{card.name}.json").is_file()
+    has_manifest = manifest_path(card).is_file()
     if recipe is None or (recipe.write is None and not has_manifest):
         pytest.fail(f"{absent}, and there is no way to build random weights for it: add a RECIPES entry for "
-                    f"family {card.family!r} (and a key manifest tokenizers/manifests/{card.name}.json) in "
+                    f"family {card.family!r} (and a key manifest tokenizers/manifests/{manifest_path(card).name}) in "
                     f"tests/random_weights.py, or list it in NO_RANDOM_WEIGHTS with a reason")
     scaled = scale_card(card, recipe)
     path, written = (recipe.write or official_file)(scaled, folder)
@@ -221,4 +231,4 @@ def contract_tokenizer(card: TokenizerCard, folder: Path) -> Subject:
 
 
 __all__ = ["LAYTON_TINY", "NO_RANDOM_WEIGHTS", "RECIPES", "Recipe", "Subject", "contract_size", "contract_tokenizer",
-           "layton_file", "official_file", "official_state", "scale_card"]
+           "layton_file", "manifest_path", "official_file", "official_state", "scale_card"]

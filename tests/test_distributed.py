@@ -9,14 +9,13 @@ table with one process; a killed multi-process run resumes. The slow test runs t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import dist_worker
 import pandas as pd
 import pytest
-import torch
 import torch.multiprocessing as mp
 
 from vtbench.distributed import progress_name, shard
@@ -26,20 +25,6 @@ TOKENIZERS = ["identity.none", "jpeg.q50", "tiny.vq"]
 METRICS = "psnr,ssim,compression,rfid,detail"
 
 
-def _worker(rank: int, world: int, init: str, out: str, limit: int, stop: int | None) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    from vtbench.runner import RunConfig, run
-    cfg = RunConfig(data="embedded/photos", metrics=METRICS.split(","), limit=limit, batch_size=2, out=Path(out),
-                    device="cpu", progress=False, stop_after_batches=stop, workers=0)
-    try:
-        run(TOKENIZERS, cfg)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        torch.distributed.destroy_process_group()
-
-
 def _spawn(world: int, out: Path, limit: int, stop: int | None = None) -> None:
     if world == 1:
         from vtbench.runner import RunConfig, run
@@ -47,7 +32,9 @@ def _spawn(world: int, out: Path, limit: int, stop: int | None = None) -> None:
                                   out=out, device="cpu", progress=False, workers=0))
         return
     init = f"file://{out.parent / (out.name + '.rendezvous')}"
-    mp.start_processes(_worker, args=(world, init, str(out), limit, stop), nprocs=world, start_method="fork")
+    # spawned, not forked: a fork of a process whose torch thread pools are running can deadlock
+    mp.start_processes(dist_worker.evaluate, args=(world, init, str(out), TOKENIZERS, METRICS, limit, stop),
+                       nprocs=world, start_method="spawn")
 
 
 def _values(out: Path) -> dict[tuple[str, str], float | None]:
@@ -85,9 +72,9 @@ def test_process_count_does_not_change_any_number(tmp_path, world):
     one, many = _values(tmp_path / "one"), _values(tmp_path / "many")
     assert one.keys() == many.keys() and len(one) > 20
     for key, v in one.items():
-        if key[0] in ("identity.none", "jpeg.q50"):  # codecs: exact
-            assert many[key] == v, key
-        else:  # learned tokenizer: to float rounding
+        if key[0] in ("identity.none", "jpeg.q50") and key[1] not in ("rfid",):  # codecs: exact (per-image sums)
+            assert many[key] == pytest.approx(v, rel=1e-12, abs=0), key
+        else:  # set statistics (float64 sums in another order) and a learned tokenizer: to float rounding
             assert many[key] == pytest.approx(v, rel=1e-6, abs=1e-9), key
     for tok in TOKENIZERS:
         a, b = _rows(tmp_path / "one", tok), _rows(tmp_path / "many", tok)

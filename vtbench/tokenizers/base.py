@@ -51,7 +51,7 @@ class Tokens:
     quantizer_input: torch.Tensor | None = None
     # One seed per image for decoders that sample (flow / diffusion decoders): set by the runner from the run's
     # seed and each image's id (``image_seeds``), so a sampled reconstruction depends on neither batch size nor
-    # order. None: ``per_image_normal`` falls back to seeds from the batch position (documented as such).
+    # order. None: ``per_image_normal`` seeds each image from its own codes (from its batch position without codes).
     seeds: list[int] | None = None
 
     def __len__(self) -> int:
@@ -78,7 +78,14 @@ def per_image_normal(tokens: "Tokens", shape: tuple[int, ...], *, device: torch.
     with ``tokens.seeds[i]`` (+ ``stream`` for a second, independent draw such as a re-noising step), then moved to
     ``device``. CPU generators make the draws identical on every device."""
     n = len(tokens)
-    seeds = tokens.seeds if tokens.seeds is not None else image_seeds([str(i) for i in range(n)], 0)
+    seeds = tokens.seeds
+    if seeds is None:  # no runner seeds: each image's own codes seed it (still batch-independent), else its position
+        if tokens.codes is not None:
+            import hashlib
+            seeds = [int.from_bytes(hashlib.sha256(c.cpu().numpy().tobytes()).digest()[:8], "big") >> 1
+                     for c in tokens.codes]
+        else:
+            seeds = image_seeds([str(i) for i in range(n)], 0)
     if len(seeds) != n:
         raise ValueError(f"Tokens.seeds has {len(seeds)} entries for {n} images")
     rows = []
