@@ -31,7 +31,8 @@ def _spawn(world: int, out: Path, limit: int, stop: int | None = None) -> None:
         run(TOKENIZERS, RunConfig(data="embedded/photos", metrics=METRICS.split(","), limit=limit, batch_size=2,
                                   out=out, device="cpu", progress=False, workers=0))
         return
-    init = f"file://{out.parent / (out.name + '.rendezvous')}"
+    import uuid
+    init = f"file://{out.parent / f'{out.name}.{uuid.uuid4().hex}.rendezvous'}"  # a fresh file per process group
     # spawned, not forked: a fork of a process whose torch thread pools are running can deadlock
     mp.start_processes(dist_worker.evaluate, args=(world, init, str(out), TOKENIZERS, METRICS, limit, stop),
                        nprocs=world, start_method="spawn")
@@ -72,14 +73,21 @@ def test_process_count_does_not_change_any_number(tmp_path, world):
     one, many = _values(tmp_path / "one"), _values(tmp_path / "many")
     assert one.keys() == many.keys() and len(one) > 20
     for key, v in one.items():
-        if key[0] in ("identity.none", "jpeg.q50") and key[1] not in ("rfid",):  # codecs: exact (per-image sums)
+        if v is None:  # null with a reason: null in both
+            assert many[key] is None, key
+        elif key[0] in ("identity.none", "jpeg.q50") and key[1] not in ("rfid",):  # codecs: exact (per-image sums)
             assert many[key] == pytest.approx(v, rel=1e-12, abs=0), key
-        else:  # set statistics (float64 sums in another order) and a learned tokenizer: to float rounding
-            assert many[key] == pytest.approx(v, rel=1e-6, abs=1e-9), key
+        elif key[0] == "tiny.vq" or key[1] == "rfid":
+            # the ranks batch other images together and float32 convolutions round differently by batch: a learned
+            # tokenizer's uint8 pixels can flip, Inception features move at 1e-7, and a 5-image Frechet distance
+            # (rank-deficient covariance) amplifies both
+            assert many[key] == pytest.approx(v, rel=1e-4, abs=1e-9), key
+        else:  # set statistics of codecs: float64 sums in another order
+            assert many[key] == pytest.approx(v, rel=1e-9, abs=1e-9), key
     for tok in TOKENIZERS:
         a, b = _rows(tmp_path / "one", tok), _rows(tmp_path / "many", tok)
         assert list(a["id"]) == list(b["id"]) and len(a) == limit
-        pd.testing.assert_frame_equal(a, b, rtol=1e-6)
+        pd.testing.assert_frame_equal(a, b, rtol=1e-4 if tok == "tiny.vq" else 1e-9)
     rec = next(r for _, r in iter_records(tmp_path / "many"))
     assert rec["run"]["processes"] == world and rec["dataset"]["n_used"] == limit
 
@@ -91,8 +99,11 @@ def test_a_killed_multi_process_run_resumes(tmp_path):
     assert sorted(p.name for p in folder.glob("progress*.pt")) == ["progress.r0-of-2.pt", "progress.r1-of-2.pt"]
     _spawn(2, tmp_path / "run", limit)
     assert not list(folder.glob("progress*.pt"))
-    _spawn(1, tmp_path / "ref", limit)
-    assert _values(tmp_path / "run") == pytest.approx(_values(tmp_path / "ref"), rel=1e-6)
+    _spawn(2, tmp_path / "ref", limit)  # uninterrupted, same process count: the same numbers
+    resumed, ref = _values(tmp_path / "run"), _values(tmp_path / "ref")
+    assert resumed.keys() == ref.keys()
+    for key, v in ref.items():
+        assert resumed[key] == v if v is None else resumed[key] == pytest.approx(v, rel=1e-9, abs=1e-12), key
 
 
 def test_progress_file_names():

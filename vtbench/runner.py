@@ -410,7 +410,9 @@ def run(tokenizers: list[str], cfg: RunConfig,
     log.info("dataset %s: %d images (%s); metrics: %s; device: %s", dataset.info.id, len(dataset),
              policy.describe(), ", ".join(names), device)
     records = []
+    from vtbench.metrics.speed import memory_baseline
     for name in tokenizers:
+        memory_baseline(device)  # peak memory is measured per tokenizer, its weights included
         tok = build_tokenizer(name, weights=cfg.weights, trust=cfg.trust_checkpoint, device=device)
         if cfg.seeds and tok.stochastic:
             per_seed = [TokenizerRun(tok, dataset, cfg, protocol, names, device, decode_seed=s).run()

@@ -1,6 +1,15 @@
 """Throughput and memory: images per second through ``encode`` and ``decode`` (device-synchronised timings
-taken by the runner around each call) and peak memory (CUDA: peak allocated bytes during the run; CPU: the
-process's peak resident set size, which also counts everything loaded before — labelled in ``extra``)."""
+taken by the runner around each call) and each tokenizer's own peak memory (``extra.measure`` and ``extra.device``
+say how and where):
+
+- CUDA: ``torch.cuda.max_memory_allocated`` with the peak statistics reset when the tokenizer's run starts
+  (``memory_baseline``, called by the runner before it builds the tokenizer), so weights and activations of this
+  tokenizer only;
+- CPU (Linux): the growth of the process's peak resident set over the RSS at that baseline. The kernel's peak
+  (``VmHWM``) is reset at the baseline through ``/proc/self/clear_refs`` so an earlier, larger tokenizer does not
+  mask this one; where that reset is not allowed, the growth of the lifetime peak is reported and labelled so;
+- elsewhere: the process's lifetime peak RSS (labelled ``process_peak_rss``).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +21,43 @@ import torch
 
 from vtbench.metrics.base import Batch, Metric, MetricContext, MetricValue, Output
 
+_BASELINE: dict[str, float | str] = {}
+
+
+def _status_kb(field: str) -> float | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def memory_baseline(device: torch.device) -> None:
+    """Start a tokenizer's memory measurement: reset the CUDA peak statistics, or on Linux the kernel's peak RSS
+    (``VmHWM``, via ``/proc/self/clear_refs``), and remember the current RSS."""
+    _BASELINE.clear()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    rss = _status_kb("VmRSS")
+    if rss is None:
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _BASELINE.update(rss_kb=rss, kind="cpu_peak_rss_growth")
+    except OSError:
+        _BASELINE.update(rss_kb=rss, kind="cpu_lifetime_peak_rss_growth")
+
 
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_memory_allocated"
+    hwm = _status_kb("VmHWM")
+    if hwm is not None and "rss_kb" in _BASELINE:
+        return max(0.0, hwm - float(_BASELINE["rss_kb"])) / 1024, str(_BASELINE["kind"])
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (2**20 if sys.platform == "darwin" else 2**10), "process_peak_rss"
 
@@ -40,8 +82,6 @@ class Speed(Metric):
         self.add_state("decode_s", torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("peak_mb", torch.zeros((), dtype=torch.float64), "max")
         self.to(device)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.n += batch.size
