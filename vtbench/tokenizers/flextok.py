@@ -594,6 +594,7 @@ class FlexTokTokenizer(CheckpointTokenizer):
                                      f"in {card.card_path} to the value of the FlexTok VAE's config.json")
         tok = super().from_card(dataclasses.replace(card, params=params), weights=path, trust=trust, device=device)
         tok.stored_config = cfg
+        tok.check_settings()
         if cfg is not None:
             vae = cfg.get("vae") or {}
             tok.checkpoint_info["stored_config"] = {
@@ -606,11 +607,18 @@ class FlexTokTokenizer(CheckpointTokenizer):
         return tok
 
     # -- settings -----------------------------------------------------------------------------------------------
+    def check_settings(self) -> None:
+        """Raise ``ValueError`` (naming the card file) for a token count, step count or guidance mode out of range."""
+        _ = self.num_tokens, self.guidance
+        if self.steps < 1:
+            raise ValueError(f"{self.card.card_path}: {self.name}: decoder_steps must be >= 1, got {self.steps}")
+
     @property
     def num_tokens(self) -> int:
         k = int(_p(self.params, "num_tokens"))
         if not 1 <= k <= self.model.num_registers:
-            raise ValueError(f"{self.name}: num_tokens must be in [1, {self.model.num_registers}], got {k}")
+            raise ValueError(f"{self.card.card_path}: {self.name}: num_tokens must be in "
+                             f"[1, {self.model.num_registers}], got {k}")
         return k
 
     @property
