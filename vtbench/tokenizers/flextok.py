@@ -34,9 +34,10 @@ on its seed only, never on the batch. Tokens without runner seeds (``Tokens.seed
 own codes (``image_seeds`` of the code bytes): deterministic and batch-independent as well.
 
 The release files store their hydra configuration in the safetensors metadata (one entry per top-level key, the
-Python ``str`` of a dict). It is parsed here as DATA (json, else ``ast.literal_eval``: literals only); its
-``_target_`` strings are compared with the expected class names and nothing is imported or instantiated. The
-architecture is taken from it; anything this implementation does not cover is an error naming the file and key.
+Python ``str`` of a dict). It is parsed as DATA (vtbench/tokenizers/flextok_config.py: json, else
+``ast.literal_eval``, literals only); its ``_target_`` strings are compared with the expected class names and
+nothing is imported or instantiated. The architecture is taken from it; anything this implementation does not
+cover is an error naming the file and key.
 The VAE posterior is always taken at its mode (deterministic tokens); the file's ``sample_posterior`` is recorded.
 
 Attention is torch's ``scaled_dot_product_attention`` with boolean masks (no flex_attention, flash-attn or
@@ -46,10 +47,8 @@ never attended by real tokens, so per-image batches give the same values.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -59,181 +58,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from vtbench.tokenizers.base import Tokens, code_bits, image_seeds, per_image_normal
+from vtbench.tokenizers.flextok_config import (
+    APG_ETA,
+    APG_MOMENTUM,
+    APG_NORM_THRESHOLD,
+    DEFAULTS,
+    GUIDANCE_MODES,
+    FlexTokConfigError,
+    config_metadata,
+    config_targets,
+    hydra_config,
+    params_from_config,
+    read_config,
+    setting,
+)
 from vtbench.tokenizers.official import CheckpointTokenizer
-from vtbench.tokenizers.weights import WeightsMismatchError
+
 
 #: architecture and sampling defaults; an architecture key present in the file's config wins
-DEFAULTS: dict[str, Any] = {
-    "image_size": 256,
-    # VAE: the official vae_wrapper.VAE_BASE_CFG (SD-style AutoencoderKL) with 16 latent channels
-    "vae_latent_channels": 16, "vae_block_out_channels": [128, 256, 512, 512], "vae_layers_per_block": 2,
-    "vae_norm_num_groups": 32, "vae_scaling_factor": None,
-    "patch_size": 2, "posemb_grid": 16, "num_registers": 256, "fsq_levels": [8, 8, 8, 5, 5, 5],
-    "enc_dim": 1152, "enc_depth": 18, "dec_dim": 1152, "dec_depth": 18, "head_dim": 64, "mlp_ratio": 4.0,
-    "enc_posemb": "sincos", "dec_posemb": "sincos", "dec_register_posemb": "learnable_sum",
-    "adaln_expansion": 2, "time_freq_size": 256, "max_timestep": 1000.0,
-    "null_cond": "learned", "null_single_token": False,
-    # sampling settings (recorded card params)
-    "num_tokens": 256, "decoder_steps": 20, "guidance_scale": 7.5, "guidance": "normalized",
-}
-GUIDANCE_MODES = ("normalized", "cfg")
-# constants of the official pipeline's normalised guidance (pipelines.py: MomentumBuffer(-0.5), eta=0.0,
-# norm_threshold=2.5)
-APG_MOMENTUM, APG_ETA, APG_NORM_THRESHOLD = -0.5, 0.0, 2.5
-
-
-def _p(params: Mapping[str, Any], key: str) -> Any:
-    return params[key] if params.get(key) is not None else DEFAULTS[key]
-
-
-# -- the hydra config in the file's metadata, read as data ------------------------------------------------------
-class FlexTokConfigError(WeightsMismatchError):
-    """The file's stored configuration describes something this implementation does not cover."""
-
-
-def read_config(path: str | Path) -> dict[str, Any] | None:
-    """The hydra config stored in a release file's safetensors metadata, parsed as data (never instantiated);
-    None when the file carries none."""
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "encoder" not in meta:
-        return None
-    out: dict[str, Any] = {}
-    for k, v in meta.items():
-        out[k] = _parse_value(v)
-    return out
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (ValueError, TypeError):
-        pass
-    try:  # the official writer stores str(dict): Python literals (quotes, True, None), parsed without evaluation
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return text
-
-
-def config_targets(cfg: Any) -> list[str]:
-    """Every ``_target_`` string in a parsed config (recorded; never imported)."""
-    found: list[str] = []
-    if isinstance(cfg, Mapping):
-        for k, v in cfg.items():
-            if k == "_target_" and isinstance(v, str):
-                found.append(v)
-            else:
-                found += config_targets(v)
-    elif isinstance(cfg, (list, tuple)):
-        for v in cfg:
-            found += config_targets(v)
-    return found
-
-
-# (module name in the config, class name its _target_ must end with)
-ENCODER_MODULES = (("enc_channels_to_last", "PerSampleOp"), ("enc_patch_emb", "PatchEmbedder"),
-                   ("enc_posemb_module", "PositionalEmbeddingAdder"), ("enc_register_module", "Registers1D"),
-                   ("enc_seq_packer", "BlockWiseSequencePacker"), ("enc_transformer", "FlexTransformer"),
-                   ("enc_unpacker", "SequenceUnpacker"), ("enc_to_latents", "LinearHead"))
-DECODER_MODULES = (("dec_from_latents", "LinearLayer"), ("dec_registers_posemb_module", "PositionalEmbeddingAdder"),
-                   ("dec_nested_dropout", "MaskedNestedDropout"), ("dec_latent_dropout", "NullCond"),
-                   ("dec_noise_channels_to_last", "PerSampleOp"), ("dec_noise_patch_emb", "PatchEmbedder"),
-                   ("dec_patches_posemb_module", "PositionalEmbeddingAdder"),
-                   ("dec_seq_packer", "BlockWiseSequencePacker"), ("dec_time_embedder", "TimestepEmbedder"),
-                   ("dec_transformer", "FlexTransformer"), ("dec_unpacker", "SequenceUnpacker"),
-                   ("dec_to_patches", "ToPatchesLinearHead"))
-# FlexTransformer / block options this implementation covers, with the official defaults
-_TRUNK_FIXED = {"qkv_bias": False, "proj_bias": False, "mlp_bias": False, "gated_mlp": True, "qk_norm": True,
-                "intermediate_layers": []}
-
-
-def params_from_config(cfg: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Architecture params (``DEFAULTS`` names) from a parsed release config; ``FlexTokConfigError`` names the file
-    and the key for anything this implementation does not cover. Keys the config omits take the official class
-    defaults."""
-    def fail(where: str, what: str) -> FlexTokConfigError:
-        return FlexTokConfigError(f"{source}: stored config {where}: {what}; vtbench's FlexTok implementation "
-                                  "(vtbench/tokenizers/flextok.py) covers the released architecture only")
-
-    def modules(part: str, expected: Sequence[tuple[str, str]]) -> dict[str, Mapping[str, Any]]:
-        md = (cfg.get(part) or {}).get("module_dict") if isinstance(cfg.get(part), Mapping) else None
-        if not isinstance(md, Mapping):
-            raise fail(part, "no module_dict")
-        for name, cls in expected:
-            target = (md.get(name) or {}).get("_target_", "")
-            if not str(target).endswith(cls):
-                raise fail(f"{part}.module_dict.{name}", f"expected a {cls}, found {target or 'nothing'!r}")
-        return md
-
-    enc = modules("encoder", ENCODER_MODULES)
-    dec = modules("decoder", DECODER_MODULES)
-    for part, name in (("encoder", "enc_transformer"), ("decoder", "dec_transformer")):
-        trunk = (enc if part == "encoder" else dec)[name]
-        for k, v in _TRUNK_FIXED.items():
-            if k in trunk and trunk[k] != v:
-                raise fail(f"{part}.module_dict.{name}.{k}", f"{trunk[k]!r} (implemented: {v!r})")
-        for k in ("act_layer", "norm_layer"):
-            if k in trunk:
-                raise fail(f"{part}.module_dict.{name}.{k}", "a non-default layer class")
-    if enc["enc_register_module"].get("ordering_mode", "nested") != "nested":
-        raise fail("encoder.module_dict.enc_register_module.ordering_mode", "only 'nested' registers are implemented")
-    if enc["enc_seq_packer"].get("mask_mode", "full") != "causal_last":
-        raise fail("encoder.module_dict.enc_seq_packer.mask_mode", "expected 'causal_last'")
-    if dec["dec_seq_packer"].get("mask_mode", "full") != "full":
-        raise fail("decoder.module_dict.dec_seq_packer.mask_mode", "expected 'full'")
-    for where, m in (("encoder.module_dict.enc_patch_emb", enc["enc_patch_emb"]),
-                     ("decoder.module_dict.dec_noise_patch_emb", dec["dec_noise_patch_emb"])):
-        ps = list(m.get("patch_sizes") or [])
-        if len(ps) != 2 or ps[0] != ps[1] or m.get("flatten_patches", True):
-            raise fail(where, f"square 2D patches kept as a grid are implemented, got patch_sizes={ps}, "
-                              f"flatten_patches={m.get('flatten_patches', True)}")
-    for where, m in (("encoder.module_dict.enc_posemb_module", enc["enc_posemb_module"]),
-                     ("decoder.module_dict.dec_patches_posemb_module", dec["dec_patches_posemb_module"]),
-                     ("decoder.module_dict.dec_registers_posemb_module", dec["dec_registers_posemb_module"])):
-        if m.get("posemb_scaling", "absolute") != "absolute":
-            raise fail(where + ".posemb_scaling", "only 'absolute' (cropped) position embeddings are implemented")
-    trunk_e, trunk_d = enc["enc_transformer"], dec["dec_transformer"]
-    if trunk_e.get("adaLN_emb_read_key") is not None or trunk_d.get("adaLN_emb_read_key") is None:
-        raise fail("decoder.module_dict.dec_transformer", "expected adaLN time conditioning in the decoder only")
-    expansion = int(trunk_d.get("adaLN_expansion", 1))
-    if (expansion == 2) != bool(dec["dec_seq_packer"].get("per_subseq_embs", False)) or expansion not in (1, 2):
-        raise fail("decoder.module_dict.dec_transformer.adaLN_expansion",
-                   f"{expansion} with per_subseq_embs={dec['dec_seq_packer'].get('per_subseq_embs', False)}")
-    if dec["dec_to_patches"].get("adaLN_emb_read_key") is None:
-        raise fail("decoder.module_dict.dec_to_patches", "expected an adaLN head")
-    null = dec["dec_latent_dropout"]
-    vae = cfg.get("vae") or {}
-    if vae.get("dtype_override") not in (None, "fp32", "float32"):
-        pass  # recorded in provenance: vtbench runs the VAE in float32
-    levels = list((cfg.get("regularizer") or {}).get("levels") or [])
-    if not levels:
-        raise fail("regularizer.levels", "missing")
-    head_dims = {int(trunk_e.get("head_dim", 64)), int(trunk_d.get("head_dim", 64))}
-    ratios = {float(trunk_e.get("mlp_ratio", 4.0)), float(trunk_d.get("mlp_ratio", 4.0))}
-    if len(head_dims) != 1 or len(ratios) != 1:
-        raise fail("encoder/decoder transformers", f"different head_dim {head_dims} or mlp_ratio {ratios}")
-    ps = int(enc["enc_patch_emb"]["patch_sizes"][0])
-    grid = list(enc["enc_posemb_module"].get("max_sizes") or [])
-    return {
-        "vae_latent_channels": int(vae.get("latent_channels", 16)),
-        "vae_scaling_factor": vae.get("scaling_factor"),
-        "patch_size": ps, "posemb_grid": int(grid[0]) if grid else DEFAULTS["posemb_grid"],
-        "num_registers": int(enc["enc_register_module"]["n_max"]), "fsq_levels": [int(v) for v in levels],
-        "enc_dim": int(trunk_e["dim"]), "enc_depth": int(trunk_e["depth"]),
-        "dec_dim": int(trunk_d["dim"]), "dec_depth": int(trunk_d["depth"]),
-        "head_dim": head_dims.pop(), "mlp_ratio": ratios.pop(),
-        "enc_posemb": enc["enc_posemb_module"].get("posemb_type", "sincos"),
-        "dec_posemb": dec["dec_patches_posemb_module"].get("posemb_type", "sincos"),
-        "dec_register_posemb": dec["dec_registers_posemb_module"].get("posemb_type", "sincos"),
-        "adaln_expansion": expansion,
-        "time_freq_size": int(dec["dec_time_embedder"].get("frequency_embedding_size", 256)),
-        "max_timestep": float(dec["dec_time_embedder"].get("max_timestep", 1000.0)),
-        "null_cond": "learned" if str(null["_target_"]).endswith("LearnedNullCond") else "zero",
-        "null_single_token": bool(null.get("replace_with_single_token", False)),
-    }
-
-
 # -- layers ---------------------------------------------------------------------------------------------------
 def layer_norm(x: torch.Tensor) -> torch.Tensor:
     """The official Fp32LayerNorm without affine parameters (eps 1e-5), computed in float32."""
@@ -407,39 +249,40 @@ class FlexTokModel(nn.Module):
     def __init__(self, params: Mapping[str, Any]):
         super().__init__()
         from vtbench.tokenizers.diffusers_vae import import_autoencoder_kl
-        blocks = [int(c) for c in _p(params, "vae_block_out_channels")]
-        c = int(_p(params, "vae_latent_channels"))
+        blocks = [int(c) for c in setting(params, "vae_block_out_channels")]
+        c = int(setting(params, "vae_latent_channels"))
         self.vae = VAEHolder(import_autoencoder_kl()(
             in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(blocks),
             up_block_types=("UpDecoderBlock2D",) * len(blocks), block_out_channels=tuple(blocks),
-            layers_per_block=int(_p(params, "vae_layers_per_block")), act_fn="silu", latent_channels=c,
-            norm_num_groups=int(_p(params, "vae_norm_num_groups")), sample_size=int(_p(params, "image_size"))))
+            layers_per_block=int(setting(params, "vae_layers_per_block")), act_fn="silu", latent_channels=c,
+            norm_num_groups=int(setting(params, "vae_norm_num_groups")),
+            sample_size=int(setting(params, "image_size"))))
         self.latent_channels, self.vae_factor = c, 2 ** (len(blocks) - 1)
-        self.patch = int(_p(params, "patch_size"))
-        g = int(_p(params, "posemb_grid"))
-        self.num_registers = n_reg = int(_p(params, "num_registers"))
-        self.fsq = FSQ([int(v) for v in _p(params, "fsq_levels")])
+        self.patch = int(setting(params, "patch_size"))
+        g = int(setting(params, "posemb_grid"))
+        self.num_registers = n_reg = int(setting(params, "num_registers"))
+        self.fsq = FSQ([int(v) for v in setting(params, "fsq_levels")])
         nlev = len(self.fsq.levels)
-        de, dd = int(_p(params, "enc_dim")), int(_p(params, "dec_dim"))
-        hd, ratio = int(_p(params, "head_dim")), float(_p(params, "mlp_ratio"))
-        self.adaln = int(_p(params, "adaln_expansion"))
-        self.freq = int(_p(params, "time_freq_size"))
-        self.max_timestep = float(_p(params, "max_timestep"))
-        self.null_cond, self.null_single = str(_p(params, "null_cond")), bool(_p(params, "null_single_token"))
+        de, dd = int(setting(params, "enc_dim")), int(setting(params, "dec_dim"))
+        hd, ratio = int(setting(params, "head_dim")), float(setting(params, "mlp_ratio"))
+        self.adaln = int(setting(params, "adaln_expansion"))
+        self.freq = int(setting(params, "time_freq_size"))
+        self.max_timestep = float(setting(params, "max_timestep"))
+        self.null_cond, self.null_single = str(setting(params, "null_cond")), bool(setting(params, "null_single_token"))
         patch_in = c * self.patch * self.patch
         enc_head = _linear("proj", de, nlev)
         self.encoder = ModuleDictHolder({
             "enc_patch_emb": _linear("patch_proj", patch_in, de),
-            "enc_posemb_module": PosEmb(str(_p(params, "enc_posemb")), de, [g, g]),
+            "enc_posemb_module": PosEmb(str(setting(params, "enc_posemb")), de, [g, g]),
             "enc_register_module": _param("registers", n_reg, de),
-            "enc_transformer": Trunk(de, int(_p(params, "enc_depth")), hd, ratio),
+            "enc_transformer": Trunk(de, int(setting(params, "enc_depth")), hd, ratio),
             "enc_to_latents": enc_head,
         })
         dec_head = _linear("proj", dd, patch_in)
         dec_head.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dd, 2 * dd))
         dec: dict[str, nn.Module] = {
             "dec_from_latents": _linear("proj", nlev, dd),
-            "dec_registers_posemb_module": PosEmb(str(_p(params, "dec_register_posemb")), dd, [n_reg]),
+            "dec_registers_posemb_module": PosEmb(str(setting(params, "dec_register_posemb")), dd, [n_reg]),
             "dec_nested_dropout": _param("dropout_mask_token", dd),
         }
         if self.null_cond == "learned":
@@ -448,9 +291,9 @@ class FlexTokModel(nn.Module):
         time.mlp = nn.Sequential(nn.Linear(self.freq, dd), nn.SiLU(), nn.Linear(dd, dd))
         dec.update({
             "dec_noise_patch_emb": _linear("patch_proj", patch_in, dd),
-            "dec_patches_posemb_module": PosEmb(str(_p(params, "dec_posemb")), dd, [g, g]),
+            "dec_patches_posemb_module": PosEmb(str(setting(params, "dec_posemb")), dd, [g, g]),
             "dec_time_embedder": time,
-            "dec_transformer": Trunk(dd, int(_p(params, "dec_depth")), hd, ratio, adaln=self.adaln),
+            "dec_transformer": Trunk(dd, int(setting(params, "dec_depth")), hd, ratio, adaln=self.adaln),
             "dec_to_patches": dec_head,
         })
         self.decoder = ModuleDictHolder(dec)
@@ -615,7 +458,7 @@ class FlexTokTokenizer(CheckpointTokenizer):
 
     @property
     def num_tokens(self) -> int:
-        k = int(_p(self.params, "num_tokens"))
+        k = int(setting(self.params, "num_tokens"))
         if not 1 <= k <= self.model.num_registers:
             raise ValueError(f"{self.card.card_path}: {self.name}: num_tokens must be in "
                              f"[1, {self.model.num_registers}], got {k}")
@@ -623,15 +466,15 @@ class FlexTokTokenizer(CheckpointTokenizer):
 
     @property
     def steps(self) -> int:
-        return int(_p(self.params, "decoder_steps"))
+        return int(setting(self.params, "decoder_steps"))
 
     @property
     def guidance_scale(self) -> float:
-        return float(_p(self.params, "guidance_scale"))
+        return float(setting(self.params, "guidance_scale"))
 
     @property
     def guidance(self) -> str:
-        mode = str(_p(self.params, "guidance"))
+        mode = str(setting(self.params, "guidance"))
         if mode not in GUIDANCE_MODES:
             raise ValueError(f"{self.card.card_path}: {self.name}: guidance {mode!r}; expected one of {GUIDANCE_MODES}")
         return mode
@@ -670,7 +513,7 @@ class FlexTokTokenizer(CheckpointTokenizer):
         hw = tokens.meta.get("latent_hw")
         if hw:
             return int(hw[0]), int(hw[1])
-        side = int(_p(self.params, "image_size")) // self.model.vae_factor
+        side = int(setting(self.params, "image_size")) // self.model.vae_factor
         return side, side
 
     @torch.no_grad()
@@ -713,68 +556,6 @@ class FlexTokTokenizer(CheckpointTokenizer):
                            "guidance": self.guidance, "num_tokens": self.num_tokens,
                            "network_evaluations": self.network_evaluations(), "noise": "per_image_normal, stream 0"}
         return out
-
-
-def hydra_config(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The configuration layout the release files store (hydra ``_target_`` dicts), for ``params``: what tests
-    write into random-weight files so the loading path reads a stored config as the real files do."""
-    def v(key: str) -> Any:
-        return _p(params, key)
-
-    t = "flextok."
-    de, dd, c, p, g = v("enc_dim"), v("dec_dim"), v("vae_latent_channels"), v("patch_size"), v("posemb_grid")
-    n_reg, nlev = v("num_registers"), len(v("fsq_levels"))
-    null = ({"_target_": t + "model.preprocessors.nullcond.LearnedNullCond", "dim": dd,
-             "replace_with_single_token": bool(v("null_single_token"))} if v("null_cond") == "learned"
-            else {"_target_": t + "model.preprocessors.nullcond.ZeroNullCond"})
-    trunk = {"_target_": t + "model.trunks.transformers.FlexTransformer", "head_dim": v("head_dim"),
-             "mlp_ratio": v("mlp_ratio")}
-    enc = {
-        "enc_channels_to_last": {"_target_": t + "model.utils.dict_ops.PerSampleOp"},
-        "enc_patch_emb": {"_target_": t + "model.preprocessors.patching.PatchEmbedder", "channels_in": c, "dim": de,
-                          "patch_sizes": [p, p], "flatten_patches": False},
-        "enc_posemb_module": {"_target_": t + "model.utils.posembs.PositionalEmbeddingAdder", "dim": de,
-                              "max_sizes": [g, g], "posemb_type": v("enc_posemb"), "posemb_scaling": "absolute"},
-        "enc_register_module": {"_target_": t + "model.preprocessors.registers.Registers1D", "dim": de,
-                                "n_min": n_reg, "n_max": n_reg, "ordering_mode": "nested"},
-        "enc_seq_packer": {"_target_": t + "model.preprocessors.flex_seq_packing.BlockWiseSequencePacker",
-                           "mask_mode": "causal_last", "pad_to_multiple": 128},
-        "enc_transformer": {**trunk, "dim": de, "depth": v("enc_depth")},
-        "enc_unpacker": {"_target_": t + "model.postprocessors.seq_unpacking.SequenceUnpacker"},
-        "enc_to_latents": {"_target_": t + "model.postprocessors.heads.LinearHead", "dim": de, "dim_out": nlev},
-    }
-    dec = {
-        "dec_from_latents": {"_target_": t + "model.preprocessors.linear.LinearLayer", "dim_in": nlev, "dim": dd},
-        "dec_registers_posemb_module": {"_target_": t + "model.utils.posembs.PositionalEmbeddingAdder", "dim": dd,
-                                        "max_sizes": [n_reg], "posemb_type": v("dec_register_posemb")},
-        "dec_nested_dropout": {"_target_": t + "model.preprocessors.token_dropout.MaskedNestedDropout", "dim": dd},
-        "dec_latent_dropout": null,
-        "dec_noise_channels_to_last": {"_target_": t + "model.utils.dict_ops.PerSampleOp"},
-        "dec_noise_patch_emb": {"_target_": t + "model.preprocessors.patching.PatchEmbedder", "channels_in": c,
-                                "dim": dd, "patch_sizes": [p, p], "flatten_patches": False},
-        "dec_patches_posemb_module": {"_target_": t + "model.utils.posembs.PositionalEmbeddingAdder", "dim": dd,
-                                      "max_sizes": [g, g], "posemb_type": v("dec_posemb")},
-        "dec_seq_packer": {"_target_": t + "model.preprocessors.flex_seq_packing.BlockWiseSequencePacker",
-                           "mask_mode": "full", "per_subseq_embs": v("adaln_expansion") == 2},
-        "dec_time_embedder": {"_target_": t + "model.preprocessors.time_embedding.TimestepEmbedder", "dim": dd,
-                              "frequency_embedding_size": v("time_freq_size"), "max_timestep": v("max_timestep")},
-        "dec_transformer": {**trunk, "dim": dd, "depth": v("dec_depth"), "adaLN_emb_read_key": "dec_temb",
-                            "adaLN_expansion": v("adaln_expansion")},
-        "dec_unpacker": {"_target_": t + "model.postprocessors.seq_unpacking.SequenceUnpacker"},
-        "dec_to_patches": {"_target_": t + "model.postprocessors.heads.ToPatchesLinearHead", "dim": dd,
-                           "channels_out": c, "patch_sizes": [p, p], "adaLN_emb_read_key": "dec_temb"},
-    }
-    return {"_target_": t + "flextok_wrapper.FlexTok",
-            "vae": {"_target_": t + "vae_wrapper.StableDiffusionVAE", "latent_channels": c,
-                    "scaling_factor": v("vae_scaling_factor"), "sample_posterior": False},
-            "encoder": {"_target_": t + "model.utils.wrappers.SequentialModuleDictWrapper", "module_dict": enc},
-            "regularizer": {"_target_": t + "regularizers.quantize_fsq.FSQ", "levels": list(v("fsq_levels"))},
-            "decoder": {"_target_": t + "model.utils.wrappers.SequentialModuleDictWrapper", "module_dict": dec}}
-
-
-def config_metadata(cfg: Mapping[str, Any]) -> dict[str, str]:
-    """Safetensors metadata as the official ``save_safetensors`` writes it: ``str`` of each top-level value."""
-    return {k: str(v) for k, v in cfg.items()}
 
 
 __all__ = ["DEFAULTS", "FSQ", "FlexTokConfigError", "FlexTokModel", "FlexTokTokenizer", "config_metadata",
