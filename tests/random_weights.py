@@ -66,6 +66,19 @@ def _diffusers_folder(card: TokenizerCard, folder: Path) -> tuple[Path, dict]:
     return root, vae.state_dict()
 
 
+def _flextok_file(card: TokenizerCard, folder: Path) -> tuple[Path, dict]:
+    """FlexTok's release layout: a flat safetensors state dict whose metadata holds the hydra config (the adapter
+    reads it as data; the scaling factor is only there, so the config path is exercised)."""
+    from safetensors.torch import save_file
+
+    from vtbench.tokenizers.flextok import FlexTokTokenizer, config_metadata, hydra_config
+    model = perturbed(FlexTokTokenizer.build_model(dict(card.params)))
+    path = folder / card.weights["file"]
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata=config_metadata(hydra_config({**card.params, "vae_scaling_factor": 0.5})))
+    return path, model.state_dict()
+
+
 #: latent channels of the real VAEs that differ from SD's 4 (model cards / config.json of the hub folders)
 VAE_LATENT_CHANNELS = {"sd35": 16, "flux": 16}
 
@@ -116,6 +129,8 @@ RECIPES: dict[str, Recipe] = {
                       "enc_width": 32, "enc_heads": 2, "dec_width": 32, "dec_heads": 2}, 128, native=True),
     "vae": Recipe({}, 32, write=_diffusers_folder),
     "layton": Recipe(LAYTON_TINY, 32, native=True, write=layton_file),
+    "flextok": Recipe({"image_size": 32, "vae_block_out_channels": [32, 32, 32, 32], "enc_dim": 32, "dec_dim": 32,
+                       "head_dim": 16, "decoder_steps": 1}, 32, native=True, write=_flextok_file),
 }
 
 

@@ -14,7 +14,24 @@ from random_weights import RECIPES, Recipe, Subject, contract_tokenizer, officia
 from vtbench.config import get_card
 from vtbench.tokenizers import UnsupportedResolutionError, build_tokenizer, list_tokenizers
 
-ALL = list_tokenizers()
+def _fast_and_slow(names: list[str]) -> tuple[list[str], list[str]]:
+    """Every card runs the contract. A rate sweep's settings share the group's weights and code path and differ in
+    one parameter: the default suite runs the group and its smallest setting (the most mask/prefix work), the other
+    settings run under ``-m slow`` (FlexTok alone has 36)."""
+    fast, slow = [], []
+    for n in names:
+        card = get_card(n)
+        group = card.sweep.get("group") if card.sweep else None
+        if group is None:
+            fast.append(n)
+        else:
+            first = get_card(group).sweep_settings[0]
+            (fast if n == first else slow).append(n)
+    return fast, slow
+
+
+ALL_CARDS = list_tokenizers()
+ALL, SWEEP_SETTINGS = _fast_and_slow(ALL_CARDS)
 _BUILT: dict[str, Subject] = {}
 
 
@@ -34,7 +51,7 @@ def _images(n=2, size=64, seed=0):
     return torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL + [pytest.param(n, marks=pytest.mark.slow) for n in SWEEP_SETTINGS])
 def test_contract(name, contract_tok):
     card = get_card(name)
     subject = contract_tok(name)
