@@ -370,8 +370,11 @@ def embedded_shapes_root() -> Path:
 
 class ShapeDataset:
     """Shapes of one folder (or file), in id order; ``ds[i]`` loads shape ``i`` -> :class:`Shape` or
-    :class:`SkippedShape` (also recorded in ``ds.skipped``). ``info`` is a :class:`DatasetInfo` whose ``policy``
-    is the normalisation policy and whose ``extra`` holds the layout, limits and watertight requirement."""
+    :class:`SkippedShape` (also recorded in ``ds.skipped`` of the process that loaded it: behind DataLoader
+    workers, count the returned ``SkippedShape`` records instead). ``info`` is a :class:`DatasetInfo` whose
+    ``policy`` is the normalisation policy and whose ``extra`` holds the layout, limits and watertight requirement.
+    Shapes and skip records pickle, so the dataset works with ``torch.utils.data.DataLoader`` (``collate_fn=list``).
+    """
 
     def __init__(self, root: Path, *, dataset_id: str, kind: str, rels: list[str],
                  normalisation: str | Normalisation = "unit-cube", limit: int | None = None, seed: int = 0,
