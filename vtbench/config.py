@@ -61,6 +61,10 @@ PROTOCOL_SCHEMAS: dict[str, dict[str, Any]] = {
                    "sizes": Each({k: None for k in ("n_layer", "n_head", "dim", "multiple_of", "resolution", "steps",
                                                     "epochs", "require_val_data")}
                                  | {"train": _PROBE_TRAIN, "sampling": _PROBE_SAMPLING})},
+    # the 3D track: vtbench/three_d/metrics.py ShapeSettings.from_protocol (sampling, fscore, iou) and
+    # vtbench/three_d/data.py open_shapes (normalisation.policy)
+    "shape": {**_TOP, "normalisation": {"policy": None}, "sampling": {"points": None},
+              "fscore": {"taus": None}, "iou": {"points": None, "box": None}, "metrics": {"default": None}},
     # vtbench/compare.py (which checks the same keys itself, with its own messages)
     "compare": {**_TOP, "default": {"abs": None, "rel": None},
                 "tolerances": Each({"abs": None, "rel": None, "direction": None})},

@@ -215,6 +215,8 @@ class FolderDataset(ImageDataset):
         labels = [-1] * len(ids)
         if all("/" in p for p in ids):  # every image inside a top-level folder: ImageFolder classes
             classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name))
+            if kind == "embedded":  # its classes are the image categories; data/embedded/shapes holds meshes
+                classes = sorted({p.split("/", 1)[0] for p in ids})
             cls_index = {c: k for k, c in enumerate(classes)}
             labels = [cls_index[p.split("/", 1)[0]] for p in ids]
         # content, not sizes: an image overwritten by another of the same size is another dataset revision
