@@ -14,6 +14,7 @@ from random_weights import RECIPES, Recipe, Subject, contract_tokenizer, officia
 from vtbench.config import get_card
 from vtbench.tokenizers import UnsupportedResolutionError, build_tokenizer, list_tokenizers
 
+
 def _fast_and_slow(names: list[str]) -> tuple[list[str], list[str]]:
     """Every card runs the contract. A rate sweep's settings share the group's weights and code path and differ in
     one parameter: the default suite runs the group and its smallest setting (the most mask/prefix work), the other
@@ -30,7 +31,7 @@ def _fast_and_slow(names: list[str]) -> tuple[list[str], list[str]]:
     return fast, slow
 
 
-ALL_CARDS = list_tokenizers()
+ALL_CARDS = list_tokenizers(modality="image")  # shape cards: tests/test_shape_task.py
 ALL, SWEEP_SETTINGS = _fast_and_slow(ALL_CARDS)
 _BUILT: dict[str, Subject] = {}
 

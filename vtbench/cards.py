@@ -69,6 +69,7 @@ class TokenizerCard:
     # a rate sweep (see SWEEP_FIELDS): on the group variant, the declared sweep; on each generated setting,
     # {"group": "restok.l-128", "param": "num_tokens", "value": 16}
     sweep: dict[str, Any] | None = None
+    modality: str = "image"  # "image" or "shape" (the 3D track: vtbench run --task shape)
     card_path: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -79,7 +80,7 @@ class TokenizerCard:
             "params": self.params, "weights": self.weights, "native_size": self.native_size,
             "size_multiple": self.size_multiple, "input_range": self.input_range,
             "reference": self.reference, "published": self.published,
-            "official_preprocessing": self.official_preprocessing, "sweep": self.sweep,
+            "official_preprocessing": self.official_preprocessing, "sweep": self.sweep, "modality": self.modality,
             "card_path": self.card_path,
         }
 
@@ -104,8 +105,9 @@ CARD_FIELDS: dict[str, tuple[type, ...]] = {
     "kind": (str,), "entry": (str,), "description": (str,), "source": (str,), "license": (str,),
     "params": (dict,), "weights": (dict,), "native_size": (int,), "size_multiple": (int,),
     "input_range": (str,), "reference": (bool,), "default_run": (bool,), "published": (list,),
-    "official_preprocessing": (dict,), "sweep": (dict,),
+    "official_preprocessing": (dict,), "sweep": (dict,), "modality": (str,),
 }
+MODALITIES = ("image", "shape")
 # a rate sweep: the variant is evaluated at every value of one adapter parameter (a token count), each setting a
 # tokenizer of its own named ``<variant>-<label><value>`` (``restok.l-128-k16``) with one result record; the
 # variant's own name runs its ``params`` value (the full rate), and ``vtbench run --sweep`` runs them all
@@ -216,6 +218,8 @@ def parse_card_file(path: str | Path) -> list[TokenizerCard]:
             raise CardError(f"{path}: variant {variant!r} has no 'entry' (module:Class of its adapter)")
         if not _ENTRY.fullmatch(merged["entry"]):
             raise CardError(f"{where}: entry {merged['entry']!r} must be 'package.module:Class' or 'file.py:Class'")
+        if merged.get("modality", "image") not in MODALITIES:
+            raise CardError(f"{where}: modality {merged['modality']!r}; expected one of {MODALITIES}")
         if merged.get("input_range", "[0,1]") not in INPUT_RANGES:
             raise CardError(f"{where}: input_range {merged['input_range']!r}; expected one of {INPUT_RANGES}")
         if merged.get("size_multiple", 1) < 1 or merged.get("native_size", 1) < 1:

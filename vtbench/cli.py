@@ -109,7 +109,7 @@ def run(
              "(embedded; embedded/text for --task text, embedded/detail for --task detail)."),
     task: Optional[str] = typer.Option(
         None, "--task",
-        help="reconstruction, text or detail: picks that task's protocol (and its default data)."),
+        help="reconstruction, text, detail or shape: picks that task's protocol (and its default data)."),
     annotations: Optional[Path] = typer.Option(
         None, "--annotations",
         help="Word manifest (JSONL) for the text task; default: words.jsonl / text_words.jsonl next to the data."),
@@ -177,7 +177,6 @@ def run(
                           f"{', '.join(n for n in list_tokenizers() if get_card(n).sweep_settings) or 'none'})", 2)
                 matched = expanded
             names += matched
-        names = names or list_tokenizers(default_run=True)
         if weights and len(names) != 1:
             _fail("--weights applies to exactly one --tokenizer", 2)
         if task is not None:
@@ -185,7 +184,8 @@ def run(
             if protocol is not None and load_protocol(protocol).task != task:
                 _fail(f"--protocol {protocol} is not a {task!r} protocol (use --protocol {chosen} or drop one)", 2)
             protocol = protocol or chosen
-        load_protocol(protocol or "reconstruction")
+        task_name = load_protocol(protocol or "reconstruction").task
+        names = names or list_tokenizers(default_run=True, modality="shape" if task_name == "shape" else "image")
     except UnknownNameError as exc:
         _fail(str(exc), 2)
     except ProtocolError as exc:

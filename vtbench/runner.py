@@ -391,12 +391,18 @@ def run(tokenizers: list[str], cfg: RunConfig,
     """Evaluate each tokenizer on ``cfg.data``; returns the RunResult records (existing complete ones reused)."""
     from vtbench.config import get_card
     for name in tokenizers:  # unknown names fail before any data is read
-        get_card(name)
+        card = get_card(name)
+        if card.modality != "image" and load_protocol(cfg.protocol).task != card.modality:
+            raise ValueError(f"{name} is a {card.modality} tokenizer ({card.card_path}): run it with --task "
+                             f"{card.modality}")
     device = distributed.init_from_env(cfg.device) or resolve_device(cfg.device)  # torchrun: this rank's device
     protocol = load_protocol(cfg.protocol)
     if protocol.task == "compare":
         raise ValueError(f"--protocol {cfg.protocol}: {protocol.path} holds the compare gate's tolerances, not an "
                          f"evaluation protocol (see `vtbench ls protocols`)")
+    if protocol.task == "shape":
+        from vtbench.three_d.task import run_shapes
+        return run_shapes(tokenizers, cfg, protocol, on_result)
     if protocol.task == "generation":
         raise ValueError(f"--protocol {cfg.protocol}: {protocol.path} is a generation protocol; score samples with "
                          f"`vtbench gfid SAMPLES --ref REF` or train the AR probe with `vtbench probe TOKENIZER`")

@@ -13,5 +13,7 @@ METRICS.register("detail", "vtbench.metrics.detail:Detail")
 METRICS.register("text", "vtbench.metrics.text:TextAccuracy")
 METRICS.register("ocr", "vtbench.metrics.text:OCRErrorRate")
 METRICS.register("generation", "vtbench.metrics.generation:GenerationMetrics")
+METRICS.register("shape", "vtbench.three_d.task:ShapeQuality")
+METRICS.register("shape_compression", "vtbench.three_d.task:ShapeCompression")
 
 __all__ = ["METRICS", "Batch", "Metric", "MetricUnavailable", "MetricValue", "Output"]

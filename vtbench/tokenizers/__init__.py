@@ -24,14 +24,18 @@ def __getattr__(name: str) -> Any:  # PEP 562: ``from vtbench.tokenizers import 
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def list_tokenizers(pattern: str | None = None, *, default_run: bool | None = None) -> list[str]:
-    """Names of all declared variants, optionally filtered by a wildcard pattern or default-run membership."""
+def list_tokenizers(pattern: str | None = None, *, default_run: bool | None = None,
+                    modality: str | None = None) -> list[str]:
+    """Names of all declared variants, optionally filtered by a wildcard pattern, default-run membership or
+    modality (``image``, ``shape``)."""
     from vtbench.config import all_cards  # (config re-exports vtbench.cards; tests patch it there)
     names = []
     for name, card in sorted(all_cards().items()):
         if pattern and not fnmatch.fnmatch(name, pattern) and not fnmatch.fnmatch(card.family, pattern):
             continue
         if default_run is not None and card.default_run != default_run:
+            continue
+        if modality is not None and card.modality != modality:
             continue
         names.append(name)
     return names
