@@ -63,3 +63,12 @@ def test_shape_cards_stay_out_of_image_runs(tmp_path):
     assert not shape_cards & set(list_tokenizers(default_run=True, modality="image"))
     r = CliRunner().invoke(app, ["run", "-t", "draco.q8", "--limit", "1", "--out", str(tmp_path)])
     assert r.exit_code != 0 and "--task shape" in r.output
+
+
+def test_shape_results_get_their_own_leaderboard_section(tmp_path):
+    from vtbench.leaderboard.build import build_site
+    _run(tmp_path / "res", "-t", "draco.q8", "-t", "octree.d5")
+    html = build_site([tmp_path / "res"], tmp_path / "site").read_text()
+    assert 'id="shape-embedded-shapes-shape-1.0"' in html  # the 3D section, apart from the image sections
+    assert html.count("<svg") >= 2  # quality versus bytes and versus tokens
+    assert "previews" not in html or (tmp_path / "site" / "assets").is_dir()

@@ -104,9 +104,11 @@ def _figure(series: list[Series], cols: list[Column], x: str, xlabel: str, salt:
 
 def rd_plot(section: Section, salt: str) -> str | None:
     """Quality versus bits per pixel (log x): every tokenizer, rate sweeps as lines."""
-    return _figure(section.series, section.quality_columns(), "bpp", "bits per pixel (log)", salt)
+    label = "bytes per shape (log)" if section.task == "shape" else "bits per pixel (log)"
+    return _figure(section.series, section.quality_columns(), "bpp", label, salt)
 
 
 def tokens_plot(section: Section, salt: str) -> str | None:
     """Quality versus tokens per image (log x) for tokenizers that have token positions."""
-    return _figure(section.series, section.quality_columns(), "tokens", "tokens per image (log)", salt)
+    label = "tokens per shape (log)" if section.task == "shape" else "tokens per image (log)"
+    return _figure(section.series, section.quality_columns(), "tokens", label, salt)

@@ -20,11 +20,13 @@ from vtbench.results import slug
 # OCR accuracy, a 3D task's Chamfer distance), so new tasks get columns without code changes.
 QUALITY_ORDER = ("psnr", "ssim", "lpips", "rfid", "gfid", "sfid", "inception_score", "precision", "recall",
                  "gfid@adm", "sfid@adm", "inception_score@adm", "precision@adm", "recall@adm")
-COMPRESSION = ("tokens_per_image", "bits_per_token", "bits_per_image", "bpp", "compression_ratio")
+COMPRESSION = ("tokens_per_image", "bits_per_token", "bits_per_image", "bpp", "compression_ratio",
+               "tokens_per_shape", "bits_per_shape", "bytes_per_shape", "compression_ratio_stored",
+               "compression_ratio_reference")
 CODEBOOK = ("codebook_usage", "token_entropy", "codebook_perplexity")
 SPEED = ("encode_images_per_s", "decode_images_per_s", "peak_memory_mb")
 GROUPS = ("quality", "compression", "codebook", "speed")
-TASK_ORDER = ("reconstruction", "text", "detail", "generation", "3d")
+TASK_ORDER = ("reconstruction", "text", "detail", "generation", "shape")
 NULL_TEXT = "–"
 RESERVED_SLUGS = frozenset({"originals"})  # assets/originals holds the shared original images
 
@@ -279,7 +281,10 @@ def rd_series(entries: list[Entry], keys: list[str]) -> list[Series]:
         pts = []
         for e in members:
             vals = {k: v for k in keys if (v := e.value(k)) is not None and math.isfinite(v)}
-            bpp, tok = e.value("bpp"), e.value("tokens_per_image")
+            # images: bits per pixel and tokens per image; shapes: bytes and tokens per shape
+            bpp = e.value("bpp") if e.value("bpp") is not None else e.value("bytes_per_shape")
+            tok = e.value("tokens_per_image") if e.value("tokens_per_image") is not None else e.value(
+                "tokens_per_shape")
             pts.append(Point(e.name, bpp if bpp is not None and math.isfinite(bpp) and bpp > 0 else None,
                              tok if tok is not None and math.isfinite(tok) and tok > 0 else None, vals))
         pts.sort(key=lambda p: (p.bpp is None, p.bpp or 0.0, p.tokenizer))
