@@ -157,6 +157,17 @@ def build_metrics(names: list[str], device: torch.device, reference_key: str,
     return built, unavailable
 
 
+def null_values(unavailable: dict[str, str], protocol: Protocol | None
+                ) -> dict[str, Callable[[int], dict[str, MetricValue]]]:
+    """For each metric that could not be built (``{name: reason}``), a function of the number of items used that
+    gives its null values with the reason (what ``Evaluation.unavailable`` takes)."""
+    def nulls(name: str, reason: str) -> Callable[[int], dict[str, MetricValue]]:
+        cls, config = METRICS.get(name.partition("@")[0]), metric_config(name, protocol)
+        return lambda n: cls.unavailable(reason, n, **config)
+
+    return {name: nulls(name, reason) for name, reason in unavailable.items()}
+
+
 def thumbnail_ids(ids: list[str], k: int) -> set[str]:
     """``k`` ids spread evenly over the dataset order (the embedded set: detail, photos and text alike)."""
     if k <= 0 or not ids:
@@ -339,11 +350,7 @@ class TokenizerRun:
         )
 
     def evaluation(self) -> Evaluation:
-        def nulls(name: str, reason: str) -> Callable[[int], dict[str, MetricValue]]:
-            cls, config = METRICS.get(name.partition("@")[0]), metric_config(name, self.protocol)
-            return lambda n: cls.unavailable(reason, n, **config)
-
-        unavailable = {name: nulls(name, reason) for name, reason in self.unavailable.items()}
+        unavailable = null_values(self.unavailable, self.protocol)
         return Evaluation(source=self, metrics=self.metrics, fingerprint=self.fingerprint, dir=self.dir,
                           label=f"{self.tok.name} on {self.ds.info.id}", total=len(self.ds),
                           unavailable=unavailable, record=self._record, seed=self.cfg.seed, force=self.cfg.force,

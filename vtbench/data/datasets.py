@@ -172,8 +172,10 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _list_images(root: Path) -> list[tuple[str, int]]:
-    """(relative posix path, size in bytes) of every image under root, sorted by path."""
+def walk_files(root: Path, extensions: tuple[str, ...]) -> list[tuple[str, int]]:
+    """(relative posix path, size in bytes) of every file under ``root`` whose name ends with one of
+    ``extensions`` (case-insensitive), sorted by path: hidden files and folders skipped, symlinks followed once
+    (a symlink loop is cut), dangling symlinks left out. Image and shape datasets list their files with it."""
     found: list[tuple[str, int]] = []
     seen_dirs: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -185,16 +187,23 @@ def _list_images(root: Path) -> list[tuple[str, int]]:
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
         rel_dir = Path(dirpath).relative_to(root)
         for fn in filenames:
-            if _is_hidden(fn) or not fn.lower().endswith(IMAGE_EXTENSIONS):
+            if _is_hidden(fn) or not fn.lower().endswith(extensions):
                 continue
             full = Path(dirpath) / fn
             try:
+                if not full.is_file():
+                    continue
                 size = full.stat().st_size
             except OSError:
                 continue  # a dangling symlink is not part of the dataset
             found.append(((rel_dir / fn).as_posix(), size))
     found.sort()
     return found
+
+
+def _list_images(root: Path) -> list[tuple[str, int]]:
+    """(relative posix path, size in bytes) of every image under root, sorted by path."""
+    return walk_files(root, IMAGE_EXTENSIONS)
 
 
 def _has_parquet(root: Path) -> bool:

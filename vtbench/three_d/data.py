@@ -40,7 +40,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from vtbench.core import fingerprint
-from vtbench.data.datasets import DatasetInfo, select_subset
+from vtbench.data.datasets import DatasetInfo, select_subset, walk_files
 from vtbench.hashing import content_digests
 from vtbench.registry import did_you_mean
 
@@ -327,27 +327,9 @@ _SHAPENET = re.compile(r"(?:^|/)([^/]+)/([^/]+)/models/model_normalized\.obj$")
 _OBJAVERSE = re.compile(r"(?:^|/)glbs/[^/]+/([^/]+)\.glb$")
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
 def list_shape_files(root: Path) -> list[str]:
     """Relative posix paths of every mesh / point-cloud file under ``root``, sorted."""
-    found: list[str] = []
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a symlink loop
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        rel_dir = Path(dirpath).relative_to(root)
-        for fn in filenames:
-            if not _is_hidden(fn) and fn.lower().endswith(MESH_EXTENSIONS + POINT_EXTENSIONS) and \
-                    os.path.isfile(os.path.join(dirpath, fn)):
-                found.append((rel_dir / fn).as_posix())
-    return sorted(found)
+    return [rel for rel, _ in walk_files(root, MESH_EXTENSIONS + POINT_EXTENSIONS)]
 
 
 def shape_ids(rels: list[str]) -> tuple[list[str], str]:

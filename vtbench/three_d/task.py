@@ -361,7 +361,7 @@ def run_shapes(tokenizers: list[str], cfg: Any, protocol: Any,
     from vtbench.config import get_card
     from vtbench.evaluation import Evaluation
     from vtbench.metrics import METRICS, MetricUnavailable
-    from vtbench.runner import metric_config, selected_metrics, thumbnail_ids
+    from vtbench.runner import metric_config, null_values, selected_metrics, thumbnail_ids
     from vtbench.three_d.data import open_shapes
     from vtbench.three_d.metrics import ShapeSettings, iou_query_points
     from vtbench.tokenizers import build_tokenizer
@@ -370,7 +370,7 @@ def run_shapes(tokenizers: list[str], cfg: Any, protocol: Any,
         card = get_card(name)
         if card.modality != "shape":
             raise ValueError(f"{name} is an image tokenizer ({card.card_path}); --task shape runs shape tokenizers "
-                             f"(`vtbench ls tokenizers --task shape`)")
+                             "(draco.*, octree.*, voxel.*, vat.*: `vtbench ls tokenizers`)")
     ds = open_shapes(cfg.data or protocol.get("default_data", "embedded/shapes"),
                      normalisation=protocol.get("normalisation.policy", "unit-cube"), limit=cfg.limit, seed=cfg.seed)
     if len(ds) == 0:
@@ -395,13 +395,9 @@ def run_shapes(tokenizers: list[str], cfg: Any, protocol: Any,
             except MetricUnavailable as exc:
                 unavailable[n] = exc.reason
 
-        def nulls(n: str, reason: str) -> Callable[[int], dict[str, MetricValue]]:
-            cls, config = METRICS.get(n.partition("@")[0]), metric_config(n, protocol)
-            return lambda k: cls.unavailable(reason, k, **config)
-
         rec = Evaluation(source=job, metrics=metrics, fingerprint=job.fingerprint, dir=job.dir,
                          label=f"{tok.name} on {ds.info.id}", total=len(ds),
-                         unavailable={n: nulls(n, r) for n, r in unavailable.items()}, record=job.record,
+                         unavailable=null_values(unavailable, protocol), record=job.record,
                          seed=cfg.seed, force=cfg.force, progress=cfg.progress,
                          checkpoint_every=cfg.checkpoint_every, stop_after_batches=cfg.stop_after_batches).run()
         records.append(rec)

@@ -45,9 +45,8 @@ from torch import nn
 from vtbench.tokenizers.base import Tokens, code_bits
 from vtbench.tokenizers.ldm import Encoder as ConvEncoder
 from vtbench.tokenizers.ldm import ResnetBlock, norm
-from vtbench.tokenizers.neighbours import nearest_entries
 from vtbench.tokenizers.official import CheckpointTokenizer
-from vtbench.tokenizers.quantizers import nearest_code
+from vtbench.tokenizers.quantizers import CodebookNeighbours, EmbeddingCodebook, nearest_code
 from vtbench.tokenizers.weights import rename_keys
 
 #: transformer sizes of the official ``model_size`` names (width, layers, heads)
@@ -283,34 +282,13 @@ class PixelDecoder(nn.Module):
 
 
 # -- quantiser and model ----------------------------------------------------------------------------------
-class Codebook(nn.Module):
+class Codebook(EmbeddingCodebook):
     """``quantize.embedding``: nearest code by squared L2 (after l2 normalisation of both sides if enabled)."""
-
-    def __init__(self, size: int, dim: int, l2_norm: bool = True):
-        super().__init__()
-        self.l2_norm = l2_norm
-        self.embedding = nn.Embedding(size, dim)
-
-    def table(self) -> torch.Tensor:
-        w = self.embedding.weight
-        return F.normalize(w, dim=-1) if self.l2_norm else w
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:  # (N, T, d) -> (N, T)
         n, t, d = z.shape
         z = F.normalize(z, dim=-1) if self.l2_norm else z
         return nearest_code(z.reshape(-1, d).float(), self.table().float()).view(n, t)
-
-    @torch.no_grad()
-    def quantizer_input(self, z: torch.Tensor) -> torch.Tensor:  # (N, T, d) -> (N, T, d), as encode compares it
-        return (F.normalize(z, dim=-1) if self.l2_norm else z).float()
-
-    @torch.no_grad()
-    def neighbours(self, qin: torch.Tensor, delta: int) -> torch.Tensor:  # (N, T, d) -> (N, T, k), nearest first
-        rows = nearest_entries(qin.reshape(-1, qin.shape[-1]), self.table().float(), delta)
-        return rows.view(*qin.shape[:-1], rows.shape[1])
-
-    def lookup(self, codes: torch.Tensor) -> torch.Tensor:  # (N, T) -> (N, T, d)
-        return F.embedding(codes.long(), self.table())
 
 
 class GigaTokModel(nn.Module):
@@ -369,7 +347,7 @@ def official_to_vtbench_rules(n_levels: int) -> list[tuple[str, str]]:
     return rules
 
 
-class GigaTokTokenizer(CheckpointTokenizer):
+class GigaTokTokenizer(CodebookNeighbours, CheckpointTokenizer):
     """GigaTok adapter: 256 1D tokens per 256x256 image, 14 bits each (16384 codes)."""
 
     drop_prefixes = ("quantize.codebook_used", "s1to2decoder.distill_mlp.", "distill_mlp.")
@@ -407,18 +385,7 @@ class GigaTokTokenizer(CheckpointTokenizer):
                       codes=codes.long(), layout=("token",), codebook_size=self.codebook_size,
                       quantizer_input=self.model.quantize.quantizer_input(z))
 
-    RULE_L2NORM = ("vq, l2-normalised codebook: per 1D token, the delta entries of the l2-normalised codebook "
-                   "nearest (squared L2 on unit vectors, i.e. largest cosine) the l2-normalised quant_conv output, "
-                   "nearest first, ties to the lower index (ImageFolder's latent_perturbation)")
-    RULE_PLAIN = ("vq: per 1D token, the delta codebook entries nearest (squared L2) the quant_conv output, "
-                  "nearest first, ties to the lower index")
-
-    @property
-    def neighbour_rule(self) -> str:  # type: ignore[override]
-        return self.RULE_L2NORM if self.model.quantize.l2_norm else self.RULE_PLAIN
-
-    def neighbour_quantizer(self) -> Any:
-        return self.model.quantize
+    NEIGHBOUR_INPUT = "quant_conv output"
 
     @torch.no_grad()
     def decode(self, tokens: Tokens) -> torch.Tensor:

@@ -278,3 +278,54 @@ class FSQ(nn.Module):
         z_q = q / self._c(self._half_width)
         codes = self.digits_to_codes(torch.round(b.detach()).long() + self._c(self._half_width).long())
         return z_q, codes, z.new_zeros(())
+
+
+class EmbeddingCodebook(nn.Module):
+    """A ``K x d`` codebook held as ``embedding`` (the official parameter name of GigaTok's and ResTok's
+    quantisers); with ``l2_norm`` latents and rows are unit vectors for the search and the decoder receives unit
+    rows. Subclasses supply ``encode`` (each family's own order of operations, so codes match its official code);
+    the lookup, the search space and pFID's neighbour sets are shared here."""
+
+    def __init__(self, codebook_size: int, dim: int, l2_norm: bool = True):
+        super().__init__()
+        self.embedding = nn.Embedding(codebook_size, dim)
+        self.l2_norm = bool(l2_norm)
+
+    def table(self) -> torch.Tensor:
+        w = self.embedding.weight
+        return F.normalize(w, dim=-1) if self.l2_norm else w
+
+    @torch.no_grad()
+    def quantizer_input(self, z: torch.Tensor) -> torch.Tensor:  # (N, T, d) -> (N, T, d), as the search sees it
+        z = z.float()
+        return F.normalize(z, dim=-1) if self.l2_norm else z
+
+    @torch.no_grad()
+    def neighbours(self, qin: torch.Tensor, delta: int) -> torch.Tensor:  # (N, T, d) -> (N, T, k), nearest first
+        rows = nearest_entries(qin.reshape(-1, qin.shape[-1]), self.table().float(), delta)
+        return rows.view(*qin.shape[:-1], rows.shape[1])
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:  # (N, T) -> (N, T, d)
+        return F.embedding(codes.long(), self.table())
+
+
+class CodebookNeighbours:
+    """Tokenizer mixin: pFID's neighbour rule for a 1D tokenizer whose ``model.quantize`` is an
+    ``EmbeddingCodebook``; ``NEIGHBOUR_TOKENS`` and ``NEIGHBOUR_INPUT`` name what is perturbed and searched."""
+
+    NEIGHBOUR_TOKENS = "per 1D token"
+    NEIGHBOUR_INPUT = "encoder output"
+
+    @property
+    def neighbour_rule(self) -> str:
+        if self.model.quantize.l2_norm:
+            return (f"vq, l2-normalised codebook: {self.NEIGHBOUR_TOKENS}, the delta entries of the l2-normalised "
+                    f"codebook nearest (squared L2 on unit vectors, i.e. largest cosine) the l2-normalised "
+                    f"{self.NEIGHBOUR_INPUT}, nearest first, ties to the lower index (ImageFolder's "
+                    "latent_perturbation)")
+        return (f"vq: {self.NEIGHBOUR_TOKENS}, the delta codebook entries nearest (squared L2) the "
+                f"{self.NEIGHBOUR_INPUT}, nearest first, ties to the lower index")
+
+    def neighbour_quantizer(self):
+        return self.model.quantize
+

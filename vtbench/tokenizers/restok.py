@@ -60,6 +60,7 @@ from torch import nn
 from vtbench.hashing import sha256sum
 from vtbench.tokenizers.base import TokenizerCard, Tokens, code_bits
 from vtbench.tokenizers.official import CheckpointTokenizer
+from vtbench.tokenizers.quantizers import CodebookNeighbours
 from vtbench.tokenizers.restok_nets import ResTokModel, param
 from vtbench.tokenizers.weights import MissingWeightsError, WeightsMismatchError, load_strict, resolve_weights
 
@@ -113,7 +114,7 @@ def check_config(cfg: Mapping[str, Any], params: Mapping[str, Any], *, source: s
                                 if use_vf else None)}
 
 
-class ResTokTokenizer(CheckpointTokenizer):
+class ResTokTokenizer(CodebookNeighbours, CheckpointTokenizer):
     """ResTok adapter: the first ``num_tokens`` (k) of 128 1D tokens per 256x256 image, 13 bits each."""
 
     drop_prefixes = tuple(p + q for p in ("", "_orig_mod.") for q in (
@@ -214,18 +215,7 @@ class ResTokTokenizer(CheckpointTokenizer):
             raise ValueError(f"{self.name}: decode needs integer codes")
         return self.from_model(self.model.decode_codes(tokens.codes.to(self.device)))
 
-    RULE_L2NORM = ("vq, l2-normalised codebook: per 1D token of the prefix, the delta entries of the l2-normalised "
-                   "codebook nearest (squared L2 on unit vectors, i.e. largest cosine) the l2-normalised encoder "
-                   "output, nearest first, ties to the lower index (ImageFolder's latent_perturbation)")
-    RULE_PLAIN = ("vq: per 1D token of the prefix, the delta codebook entries nearest (squared L2) the encoder output, "
-                  "nearest first, ties to the lower index")
-
-    @property
-    def neighbour_rule(self) -> str:  # type: ignore[override]
-        return self.RULE_L2NORM if self.model.quantize.l2_norm else self.RULE_PLAIN
-
-    def neighbour_quantizer(self) -> Any:
-        return self.model.quantize
+    NEIGHBOUR_TOKENS = "per 1D token of the prefix"
 
     def provenance(self) -> dict[str, Any]:
         out = super().provenance()

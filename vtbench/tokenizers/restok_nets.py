@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vtbench.tokenizers.maskgit import PixelDecoder, PixelEncoder
-from vtbench.tokenizers.neighbours import nearest_entries
+from vtbench.tokenizers.quantizers import EmbeddingCodebook
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm IMAGENET_DEFAULT_MEAN / STD, applied inside the official model
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -317,22 +317,9 @@ class Decoder(nn.Module):
 
 
 # -- quantiser and model ------------------------------------------------------------------------------------------
-class Quantizer(nn.Module):
+class Quantizer(EmbeddingCodebook):
     """``K x d`` codebook (``embedding``); with ``l2_norm`` latents and rows are unit vectors for the search and
     the decoder receives unit rows."""
-
-    def __init__(self, codebook_size: int, dim: int, l2_norm: bool = True):
-        super().__init__()
-        self.embedding = nn.Embedding(codebook_size, dim)
-        self.l2_norm = bool(l2_norm)
-
-    def table(self) -> torch.Tensor:
-        w = self.embedding.weight
-        return F.normalize(w, dim=-1) if self.l2_norm else w
-
-    def quantizer_input(self, z: torch.Tensor) -> torch.Tensor:  # (N, T, d) -> (N, T, d) as the search sees it
-        z = z.float()
-        return F.normalize(z, dim=-1) if self.l2_norm else z
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -346,14 +333,6 @@ class Quantizer(nn.Module):
             xc = x[s:s + chunk]
             out[s:s + chunk] = (xc.pow(2).sum(1, keepdim=True) + e_sq - 2 * (xc @ table.t())).argmin(1)
         return out.view(z.shape[:-1])
-
-    @torch.no_grad()
-    def neighbours(self, qin: torch.Tensor, delta: int) -> torch.Tensor:  # (N, T, d) -> (N, T, k), nearest first
-        rows = nearest_entries(qin.reshape(-1, qin.shape[-1]), self.table().float(), delta)
-        return rows.view(*qin.shape[:-1], rows.shape[1])
-
-    def lookup(self, codes: torch.Tensor) -> torch.Tensor:  # (N, T) -> (N, T, d)
-        return F.embedding(codes.long(), self.table())
 
 
 class ResTokModel(nn.Module):
