@@ -177,6 +177,17 @@ def thumbnail_ids(ids: list[str], k: int) -> set[str]:
     return {ids[round(i * (len(ids) - 1) / (k - 1))] if k > 1 else ids[0] for i in range(k)}
 
 
+def thumbnail_entries(folder: Path, sub: str, ids: set[str]) -> list[dict[str, str]]:
+    """The record's ``thumbnails``: for each id whose ``<sub>/<id>.orig.png`` and ``.recon.png`` exist in
+    ``folder``, their paths relative to it (image thumbnails, shape previews)."""
+    out = []
+    for sid in sorted(ids):
+        rel = {k: f"{sub}/{safe_name(sid)}.{k}.png" for k in ("orig", "recon")}
+        if all((folder / p).is_file() for p in rel.values()):
+            out.append({"id": sid, "original": rel["orig"], "reconstruction": rel["recon"]})
+    return out
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -285,12 +296,7 @@ class TokenizerRun:
         return out or None
 
     def _thumbnails(self) -> list[dict[str, str]]:
-        out = []
-        for sid in sorted(self.thumb_ids):
-            rel = {k: f"{THUMBS_DIR}/{safe_name(sid)}.{k}.png" for k in ("orig", "recon")}
-            if all((self.dir / p).is_file() for p in rel.values()):
-                out.append({"id": sid, "original": rel["orig"], "reconstruction": rel["recon"]})
-        return out
+        return thumbnail_entries(self.dir, THUMBS_DIR, self.thumb_ids)
 
     def _save_pngs(self, ids: list[str], recon: torch.Tensor) -> None:
         root = join_under(self.cfg.save_reconstructions, safe_name(self.tok.name))

@@ -321,13 +321,8 @@ class ShapeRun:
             yield ShapeBatch([sid], [shape], [ref], [enc], [rec], t1 - t0, t2 - t1)
 
     def _thumbnails(self) -> list[dict[str, str]]:
-        from vtbench.paths import safe_name
-        out = []
-        for sid in sorted(self.previews):
-            rel = {k: f"{PREVIEWS_DIR}/{safe_name(sid)}.{k}.png" for k in ("orig", "recon")}
-            if all((self.dir / p).is_file() for p in rel.values()):
-                out.append({"id": sid, "original": rel["orig"], "reconstruction": rel["recon"]})
-        return out
+        from vtbench.runner import thumbnail_entries
+        return thumbnail_entries(self.dir, PREVIEWS_DIR, self.previews)
 
     def record(self, out: Any) -> dict[str, Any]:
         from vtbench import distributed
