@@ -193,7 +193,7 @@ def run(
 
     _setup_logging(verbose, quiet or as_json)
     from vtbench.report import rich_table, summary_html
-    from vtbench.runner import RunConfig
+    from vtbench.runner import PartialRunError, RunConfig
     from vtbench.runner import run as run_eval
     try:
         cfg = RunConfig(data=data, metrics=metrics.split(",") if metrics else None,
@@ -204,14 +204,21 @@ def run(
                         trust_checkpoint=trust_checkpoint, workers=workers, precision=precision,
                         progress=not (quiet or as_json))
         records = run_eval(names, cfg)
+        failed = None
     except typer.Exit:
         raise
     except UnknownNameError as exc:
         _fail(str(exc), 2)
+    except PartialRunError as exc:  # the finished tokenizers are reported below, then exit 1
+        records, failed = exc.records, str(exc)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
+    except (EOFError, OSError) as exc:  # click would print a bare "Aborted." for an EOFError
+        _fail(f"{type(exc).__name__}: {exc or 'unexpected end of a file'} (see the messages above for the file)")
     from vtbench import distributed
     if not distributed.is_main():  # torchrun: rank 0 reports (every rank holds the same records)
+        if failed:
+            raise typer.Exit(1)
         return
     from vtbench.results import RESULT_FILE, run_dir
     summaries = [_run_summary(r, run_dir(out, r["dataset"], r["tokenizer"]["name"], r["protocol"]["name"])
@@ -219,17 +226,22 @@ def run(
                  for r in records]
     page = summary_html(out)
     if as_json:
-        obj = summaries[0] if len(summaries) == 1 else {"runs": summaries}
-        if len(summaries) != 1:
+        obj = summaries[0] if len(summaries) == 1 and not failed else {"runs": summaries}
+        if len(summaries) != 1 or failed:
             obj["summary_html"] = str(page)
+        if failed:
+            obj["failed"] = failed
         typer.echo(json.dumps(obj, indent=2, allow_nan=False))
     else:
         from rich.console import Console
         console = Console()
         if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
             console = Console(width=200)
-        console.print(rich_table(records))
+        if records:
+            console.print(rich_table(records))
         typer.echo(f"results: {out}/  summary: {page}", err=True)
+    if failed:
+        _fail(failed)
 
 
 def _parse_seeds(text: Optional[str]) -> Optional[list[int]]:
@@ -264,13 +276,28 @@ def fid(
         _fail(exc.reason)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
+    warning = small_n_warning(res.get("n_a"), res.get("n_b"))
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
     if as_json:
         typer.echo(json.dumps({"metrics": {"fid": _json_safe(res["fid"])},
-                               **{k: v for k, v in res.items() if k != "fid"}},
+                               **{k: v for k, v in res.items() if k != "fid"},
+                               **({"warning": warning} if warning else {})},
                               indent=2, default=str))
     else:
         typer.echo(f"FID {res['fid']:.4f}  (n_a={res.get('n_a')}, n_b={res.get('n_b')}, "
-                   f"extractor={res.get('extractor')})")
+                   f"extractor={res.get('extractor')})" + ("  [warning: small N, see stderr]" if warning else ""))
+
+
+def small_n_warning(*counts: Optional[int]) -> Optional[str]:
+    """The warning gFID and rFID values carry when fewer images than feature dimensions (2048) entered a
+    covariance; None when every known count reaches it."""
+    from vtbench.metrics.fid import FULL_RANK_N
+    known = [int(n) for n in counts if n is not None]
+    if not known or min(known) >= FULL_RANK_N:
+        return None
+    return (f"FID on {min(known)} < {FULL_RANK_N} images: the covariance is rank-deficient, so the value is biased "
+            "high and only comparable at equal N")
 
 
 RESIZE_HELP = ("Inception input resize: 'clean' (clean-fid, default) or 'adm' (the TF1 bilinear resize of ADM's "
@@ -385,11 +412,30 @@ _STATUS_STYLE = {"regressed": "bold red", "missing": "bold red", "incomparable":
                  "improved": "green", "new": "cyan", "info": "dim"}
 
 
-def _compare_table(report: Any):
+def _null_reasons(report: Any) -> dict[str, int]:
+    """Each distinct reason a compared value is null, numbered once in order of appearance (tables cite ``[k]``)."""
+    out: dict[str, int] = {}
+    for r in report.rows:
+        if r.reason and r.reason not in out:
+            out[r.reason] = len(out) + 1
+    return out
+
+
+def _reason_legend(reasons: dict[str, int]):
+    from rich.table import Table
+    from rich.text import Text
+    legend = Table("", "why a value is null (stated once)", box=None, show_edge=False)
+    for reason, k in reasons.items():
+        legend.add_row(f"[{k}]", Text(reason))
+    return legend
+
+
+def _compare_table(report: Any, reasons: dict[str, int] | None = None):
     from rich.table import Table
     from rich.text import Text
 
     from vtbench.report import fmt
+    reasons = _null_reasons(report) if reasons is None else reasons
     table = Table(title=f"vtbench compare: {report.new} vs baseline {report.baseline}",
                   caption=f"tolerances: {'; '.join(report.tolerance_sources) or 'none'}")
     for col, justify in (("tokenizer", "left"), ("dataset", "left"), ("metric", "left"), ("baseline", "right"),
@@ -398,10 +444,33 @@ def _compare_table(report: Any):
     for r in report.rows:
         arrow = " ↑" if r.higher_is_better is True else " ↓" if r.higher_is_better is False else ""
         delta = "" if r.delta is None else "inf" if math.isinf(r.delta) else f"{r.delta:+.4g}"
+        note = r.note.replace(r.reason, f"[{reasons[r.reason]}]") if r.reason in reasons else r.note
         cells = [r.tokenizer, r.dataset, (r.metric or "(result)") + arrow, fmt(r.baseline), fmt(r.new), delta,
-                 "" if r.tolerance is None else f"{r.tolerance:.4g}", r.status, r.note]
+                 "" if r.tolerance is None else f"{r.tolerance:.4g}", r.status, note]
         style = _STATUS_STYLE.get(r.status) if r.status != "missing" or not report.allow_missing else "cyan"
         table.add_row(*[Text(str(c)) for c in cells], style=style)  # Text: names from files are not markup
+    return table
+
+
+def _compare_summary(report: Any):
+    """One row per (tokenizer, dataset): how many metrics ended in each status, and the worst of them."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from vtbench.compare import STATUSES, describe_failure
+    pairs: dict[tuple[str, str], list[Any]] = {}
+    for r in report.rows:
+        pairs.setdefault((r.tokenizer, r.dataset), []).append(r)
+    shown = [s for s in STATUSES if any(r.status == s for r in report.rows)]
+    table = Table("tokenizer", "dataset", *shown, "worst", title=f"vtbench compare (summary): {report.new} vs "
+                  f"baseline {report.baseline}", caption="--summary off: one row per metric")
+    rank = {"incomparable": 0, "regressed": 1, "missing": 2}
+    for (tok, ds), rows in pairs.items():
+        worst = min(rows, key=lambda r: rank.get(r.status, 9))
+        note = describe_failure(worst) if worst.status in rank else ""
+        style = _STATUS_STYLE.get(worst.status) if worst.status in rank else None
+        table.add_row(Text(tok), Text(ds), *[str(sum(r.status == s for r in rows) or "") for s in shown],
+                      Text(note), style=style)
     return table
 
 
@@ -418,6 +487,7 @@ def compare(
         help="METRIC=VALUE tolerance relative to |baseline| (repeatable)."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here (for CI test reports)."),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Baseline entries absent from NEW do not fail."),
+    summary: bool = typer.Option(False, "--summary", help="One row per (tokenizer, dataset) instead of per metric."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Regression gate: exit 0 if nothing regressed, 1 on a regression, 2 if the inputs cannot be compared."""
@@ -439,13 +509,20 @@ def compare(
         if not console.is_terminal:
             console = Console(width=200)
         if report.rows:
-            console.print(_compare_table(report))
+            reasons = _null_reasons(report)
+            console.print(_compare_summary(report) if summary else _compare_table(report, reasons))
+            if reasons:
+                console.print(_reason_legend(reasons))
         typer.echo(report.verdict)
     raise typer.Exit(report.exit_code)
 
 
 @ls_app.command("tokenizers")
 def ls_tokenizers(pattern: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json"),
+                  long: bool = typer.Option(False, "--long", "-l", help="Add each card's description."),
+                  settings: bool = typer.Option(False, "--settings",
+                                                help="List every setting of a rate sweep (default: one row per sweep "
+                                                     "with a count)."),
                   cards_opt: Optional[list[Path]] = typer.Option(None, "--cards", help=CARDS_HELP)) -> None:
     """Declared tokenizer variants (tokenizers/*.toml, plus --cards, $VTBENCH_CARDS and plugins)."""
     _use_cards(cards_opt)
@@ -462,17 +539,39 @@ def ls_tokenizers(pattern: Optional[str] = typer.Argument(None), as_json: bool =
                                 "description": cards[n].description, "card_path": cards[n].card_path}
                                for n in names], indent=2))
         return
+    from rich import box
     from rich.console import Console
     from rich.table import Table
-    t = Table("tokenizer", "kind", "default", "weights", "description")
+    from rich.text import Text
+    # a sweep's settings fold into their group's row (when the group is listed too), unless --settings
+    groups = {n: cards[n].sweep_settings for n in names if cards[n].sweep_settings}
+    folded = set() if settings else {s for g, ss in groups.items() for s in ss if s != g}
+    console = Console()
+    t = Table("tokenizer", "kind", "default", "weights", "sweep", *(["weights file", "description"] if long else []),
+              box=box.SIMPLE_HEAD, caption_justify="left",
+              caption=f"{len(names)} tokenizers" + (f" ({len(folded)} sweep settings folded; --settings)"
+                                                   if folded else "") + ("" if long else "; --long: descriptions"))
+    t.columns[0].no_wrap = True
     for n in names:
+        if n in folded:
+            continue
         c = cards[n]
-        if not c.weights:
-            w = "none needed"
+        sw = c.sweep or {}
+        if n in groups and not settings:
+            vals = sw.get("values") or []
+            sweep = f"{len(vals)}: {sw.get('label', '')}{min(vals)}..{max(vals)}" if vals else ""
+        elif "group" in sw:
+            sweep = f"of {sw['group']}"
         else:
-            w = f"{c.weights.get('file', '')} ({'found' if found[n] else 'missing'})"
-        t.add_row(n, c.kind, "yes" if c.default_run else "", w, c.description)
-    Console().print(t)
+            sweep = ""
+        w = Text("-") if not c.weights else Text("found", style="green") if found[n] else Text("missing",
+                                                                                              style="yellow")
+        row = [Text(n), c.kind, "yes" if c.default_run else "", w, Text(sweep)]
+        if long:
+            row += [Text(str(found[n]) if found[n] else (c.weights or {}).get("file") or
+                         (c.weights or {}).get("hub_repo", "")), Text(c.description)]
+        t.add_row(*row)
+    console.print(t)
 
 
 @ls_app.command("metrics")
@@ -504,18 +603,78 @@ def ls_policies() -> None:
 @app.command()
 def info(name: str, as_json: bool = typer.Option(False, "--json"),
          cards: Optional[list[Path]] = typer.Option(None, "--cards", help=CARDS_HELP)) -> None:
-    """Show a tokenizer's card."""
+    """Show a tokenizer's card: what it is, its parameters, its published numbers and where its weights are."""
     _use_cards(cards)
     _check_tokenizer(name)
     from vtbench.config import get_card
+    from vtbench.tokenizers.weights import weights_search
     card = get_card(name)
     d = card.to_dict()
+    search = weights_search(card.weights)
     if as_json:
-        typer.echo(json.dumps(d, indent=2))
+        typer.echo(json.dumps({**d, "weights_search": search}, indent=2))
         return
-    for k, v in d.items():
-        if v not in (None, "", [], {}):
-            typer.echo(f"{k:14s} {v}")
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+
+    def text(v: Any) -> Text:  # card strings are data, never rich markup
+        return Text(v if isinstance(v, str) else json.dumps(v, default=str))
+
+    head = Table(show_header=False, title=Text(card.name), title_justify="left", box=None)
+    head.add_column(style="bold", no_wrap=True)
+    head.add_column()
+    for k in ("kind", "description", "source", "license", "native_size", "size_multiple", "input_range",
+              "reference", "default_run", "card_path"):
+        if d.get(k) not in (None, "", [], {}):
+            head.add_row(k, text(d[k]))
+    if card.sweep:
+        sw = card.sweep
+        head.add_row("sweep", text(f"setting {sw['value']} of {sw['group']} ({sw['param']})" if "group" in sw
+                                   else f"{sw.get('param')} = {sw.get('values')} ({len(card.sweep_settings)} "
+                                        f"settings: {', '.join(card.sweep_settings[:3])} ...)"))
+    console.print(head)
+    if card.params:
+        t = Table("parameter", "value", title="parameters", title_justify="left")
+        for k, v in card.params.items():
+            t.add_row(Text(str(k)), text(v))
+        console.print(t)
+    if card.official_preprocessing:
+        t = Table("key", "value", title="official preprocessing", title_justify="left")
+        for k, v in card.official_preprocessing.items():
+            t.add_row(Text(str(k)), text(v))
+        console.print(t)
+    if card.published:
+        t = Table("metric", "value", "dataset", "res", "tol", "calibrated", "source / protocol",
+                  title="published numbers (as reported by the authors)", title_justify="left")
+        for p in card.published:
+            note = str(p.get("source", "")) + (f"; protocol: {p['protocol']}" if p.get("protocol") else "")
+            metric = str(p.get("metric")) + (f" @{p['setting']}" if "setting" in p else "")
+            t.add_row(Text(metric), text(p.get("value")), Text(str(p.get("dataset", ""))),
+                      text(p.get("resolution", "")), text(p.get("tolerance", "")),
+                      "yes" if p.get("calibrate") else "", Text(note))
+        console.print(t)
+    else:
+        console.print("published numbers: none on this card")
+    if card.weights:
+        w = card.weights
+        t = Table(show_header=False, title="weights", title_justify="left", box=None)
+        t.add_column(style="bold", no_wrap=True)
+        t.add_column()
+        for k in ("file", "sha256", "size_bytes", "url", "hub_repo", "gated"):
+            if w.get(k) not in (None, ""):
+                t.add_row(k, text(w[k]))
+        console.print(t)
+        t = Table("looked in (in this order)", "path", "found")
+        for place in search:
+            found = "" if place["found"] is None else "yes" if place["found"] else "no"
+            t.add_row(Text(place["place"]), Text(place["path"] or "(pass a file)"), found)
+        console.print(t)
+    else:
+        console.print("weights: none needed")
 
 
 @app.command("train-tiny", add_help_option=False,

@@ -20,7 +20,11 @@ null on the baseline only is reported as new. Records only in BASELINE are *miss
 ``allow_missing``); records only in NEW are *new* (never a failure).
 
 Exit codes: 0 nothing regressed; 1 a regression (or a missing record/metric); 2 the inputs cannot be
-compared (unreadable input, protocol or dataset mismatch, no pair in common, an invalid tolerance).
+compared (unreadable input, protocol or dataset mismatch, no pair in common, an invalid tolerance). A malformed
+record (``vtbench.results.RecordError``: bad JSON, NaN, an unknown schema) or a metric value that is not a number
+is incomparable, never a regression: exit 2, with the file and line, while every other pair is still compared.
+A run that failed (``run.failed``, e.g. a tokenizer that produced NaN pixels) has every metric null with the
+failure as the reason, so it regresses each gated metric of its baseline.
 This module computes; it prints nothing (``vtbench compare`` renders the ``Report``).
 """
 
@@ -35,7 +39,7 @@ from vtbench._compat import tomllib
 from vtbench.paths import PROTOCOLS_DIR
 from vtbench.registry import did_you_mean
 from vtbench.report import fmt
-from vtbench.results import iter_records, upgrade
+from vtbench.results import check_record, iter_records, upgrade
 
 DEFAULT_TOLERANCES = PROTOCOLS_DIR / "compare.toml"
 STATUSES = ("ok", "improved", "regressed", "missing", "new", "incomparable", "info")
@@ -186,6 +190,7 @@ class Row:
     higher_is_better: bool | None = None
     unit: str = ""
     note: str = ""
+    reason: str | None = None  # why a value is null (also inside ``note``); views state each reason once
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -269,12 +274,18 @@ def describe_failure(r: Row) -> str:
 # -- the comparison --------------------------------------------------------------------------------------
 
 
+class _Malformed(ValueError):
+    """A metric entry whose value is neither null nor a number: the pair cannot be compared (exit 2)."""
+
+
 def _value(m: Mapping[str, Any] | None) -> float | None:
+    if m is not None and not isinstance(m, Mapping):
+        raise _Malformed(f"metric entry is {type(m).__name__}, not an object")
     v = None if m is None else m.get("value")
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return math.nan  # a malformed value never compares as fine
+        raise _Malformed(f"value {v!r:.60} is not a number")
     return float(v)
 
 
@@ -285,6 +296,10 @@ def _reason(m: Mapping[str, Any] | None) -> str:
 def compare_metric(tokenizer: str, dataset: str, metric: str, base: Mapping[str, Any] | None,
                    new: Mapping[str, Any] | None, tol: Tolerance) -> Row:
     """One metric of one matched pair (``base`` / ``new``: the records' metric entries, None when absent)."""
+    try:
+        b, n = _value(base), _value(new)
+    except _Malformed as exc:  # a damaged record is never read as a regression (exit 1), it cannot be compared
+        return Row(tokenizer, dataset, metric, "incomparable", note=f"malformed metric entry: {exc}")
     row = Row(tokenizer, dataset, metric, "info", unit=(base or new or {}).get("unit") or "")
     if tol.direction is not None:
         hib = _DIRECTIONS[tol.direction]
@@ -295,8 +310,11 @@ def compare_metric(tokenizer: str, dataset: str, metric: str, base: Mapping[str,
             return row
         hib = hb if hb is not None else hn
     row.higher_is_better = hib
-    b, n = _value(base), _value(new)
     row.baseline, row.new = b, n
+    if n is None and new is not None and new.get("reason"):
+        row.reason = str(new["reason"])
+    elif b is None and base is not None and base.get("reason"):
+        row.reason = str(base["reason"])
     if b is not None and n is not None and math.isfinite(b) and math.isfinite(n):
         row.delta = n - b
     elif b is not None and n is not None and b == n:
@@ -360,8 +378,11 @@ def incomparable_reasons(base: Mapping[str, Any], new: Mapping[str, Any]) -> lis
                        f"new {np_.get('settings_sha256')}, baseline {bp.get('settings_sha256')} (a protocol file was "
                        "edited without a version bump, or the baseline predates recorded settings; regenerate it)")
     bd, nd = base.get("dataset") or {}, new.get("dataset") or {}
+    failed = any((r.get("run") or {}).get("failed") for r in (base, new))  # a failed run stops early: n_used moves
     for key, label in (("revision", "dataset revision"), ("split", "split"),
                        ("selection", "subset selection (--limit/--seed)"), ("n_used", "images used")):
+        if key == "n_used" and failed:
+            continue
         if bd.get(key) != nd.get(key):
             reasons.append(f"{label} differs: new {nd.get(key)!r}, baseline {bd.get(key)!r}")
     if _policy(bd) != _policy(nd):
@@ -372,7 +393,10 @@ def incomparable_reasons(base: Mapping[str, Any], new: Mapping[str, Any]) -> lis
 def _index(records: Iterable[tuple[Any, Mapping[str, Any]]], side: str) -> dict[tuple[str, str], tuple[str, dict]]:
     out: dict[tuple[str, str], tuple[str, dict]] = {}
     for path, rec in records:
-        rec = upgrade(dict(rec))
+        try:
+            rec = check_record(upgrade(dict(rec)), path, strict=False)  # in memory: inf/NaN possible
+        except (ValueError, TypeError) as exc:
+            raise CompareInputError(f"{side} {path}: not a usable vtbench result ({exc})") from None
         try:
             key = (str(rec["tokenizer"]["name"]), str(rec["dataset"]["id"]))
             proto = rec.get("protocol") or {}
@@ -398,7 +422,8 @@ def compare_records(new: Iterable[tuple[Any, Mapping[str, Any]]], baseline: Iter
     new_ix, base_ix = _index(new, "NEW"), _index(baseline, "BASELINE")
     for side, ix in (("NEW", new_ix), ("BASELINE", base_ix)):
         if not ix:
-            report.problems.append(f"{side} ({new_label if side == 'NEW' else baseline_label}) holds no result.json")
+            report.problems.append(f"{side} ({new_label if side == 'NEW' else baseline_label}) holds no readable "
+                                   "result.json")
     if report.problems:
         return report
     keys = set(new_ix) | set(base_ix)
@@ -439,15 +464,18 @@ def compare(new: str | Path, baseline: str | Path, tolerances: Tolerances | None
             allow_missing: bool = False) -> Report:
     """Compare two results directories (or single ``result.json`` files). Raises ``CompareInputError`` when an
     input does not exist or cannot be read."""
-    sides = []
+    sides, malformed = [], []
     for label, path in (("NEW", Path(new)), ("BASELINE", Path(baseline))):
         if not path.exists():
             raise CompareInputError(f"{label} {path} does not exist")
-        try:
-            sides.append(list(iter_records(path)))
+        try:  # a malformed record is incomparable (exit 2), never a regression; the other records are still shown
+            sides.append(list(iter_records(path, on_error=lambda p, err, label=label:
+                                           malformed.append(f"{label} record unreadable: {err}"))))
         except (ValueError, OSError) as exc:
             raise CompareInputError(f"{label}: {exc}") from None
-    return compare_records(sides[0], sides[1], tolerances, allow_missing, str(new), str(baseline))
+    report = compare_records(sides[0], sides[1], tolerances, allow_missing, str(new), str(baseline))
+    report.problems[:0] = malformed
+    return report
 
 
 # -- JUnit XML -------------------------------------------------------------------------------------------

@@ -10,7 +10,17 @@ sections that describe it; the core does the rest, the same way for every task:
   per-sample rows;
 - at the end computes every metric (torchmetrics reduces the states across processes first under ``torchrun``),
   adds null values with the reason for metrics that could not run, and writes ``samples.csv`` and
-  ``result.json`` (each atomically), then removes the progress file.
+  ``result.json`` together (both new or both old, ``write_texts_together``), then removes the progress file.
+
+Bad situations, each refused with the folder and the fix, before anything is lost:
+
+- the results folder cannot be written (read-only, not a folder, disk full): found by a write probe before the
+  first batch (``check_writable``), not after an hour of work;
+- a second run writing into the same run folder at once: refused while the first holds the folder's lock
+  (``run.lock``, an advisory ``flock`` the system drops when its process dies, even by ``kill -9``);
+- no item could be used at all (every image unreadable): ``NoUsableDataError``, and no result with ``n = 0``;
+- writing the results fails at the end (disk full): ``OutputWriteError``; the old files stay as they were, no
+  temporary file is left, and the progress file is kept so the same command resumes.
 
 With ``dir=None`` nothing is read or written (an in-memory evaluation, e.g. the AR probe scoring its samples).
 
@@ -24,6 +34,7 @@ rank 0 writes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -38,11 +49,130 @@ import torch
 from vtbench import distributed as dist
 from vtbench.core import Progress
 from vtbench.metrics.base import Batch, Metric, MetricValue
-from vtbench.results import RESULT_FILE, SAMPLES_FILE, read_record, write_json_atomic, write_text_atomic
+from vtbench.results import RESULT_FILE, SAMPLES_FILE, read_record, write_texts_together
 
 log = logging.getLogger("vtbench")
 
 PROGRESS_FILE = "progress.pt"
+LOCK_FILE = "run.lock"
+# below this much free space a run warns (results, thumbnails and a resume file of a large run need some room)
+LOW_SPACE_BYTES = 256 << 20
+
+
+class OutputNotWritableError(RuntimeError):
+    """The results folder cannot be written; raised before the first batch."""
+
+
+class OutputWriteError(RuntimeError):
+    """Writing the final results failed (e.g. disk full); nothing was replaced and the progress file was kept."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing into the same run folder."""
+
+
+class NoUsableDataError(RuntimeError):
+    """Not one item of the data could be used (every image unreadable): there is nothing to report."""
+
+
+def check_writable(folder: Path, what: str = "results folder") -> None:
+    """Create ``folder`` and write, flush and delete a small probe file in it; raise ``OutputNotWritableError``
+    naming the folder, the system's reason and the fix. Warns when less than ``LOW_SPACE_BYTES`` are free."""
+    import shutil
+
+    folder = Path(folder)
+    fix = "choose another --out, free some space, or fix the folder's permissions"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputNotWritableError(f"{what} {str(folder)!r} cannot be created ({exc.strerror or exc}); "
+                                     f"nothing was run. Fix: {fix}") from None
+    probe = folder / f".vtbench-write-probe.{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise OutputNotWritableError(f"{what} {str(folder)!r} is not writable ({exc.strerror or exc}); nothing was "
+                                     f"run. Fix: {fix}") from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < LOW_SPACE_BYTES:
+        log.warning("%s %s: only %.0f MB free; a run that fills the disk stops with its progress kept",
+                    what, folder, free / 1e6)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files (``.<name>.<pid>.tmp``) left in ``folder`` by a process that no longer runs (``kill -9``, a
+    power cut); those of live processes (other torchrun ranks) are left alone."""
+    for tmp in folder.glob(".*.tmp"):
+        pid = tmp.name[:-len(".tmp")].rpartition(".")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+            log.info("removed %s (left by an interrupted run)", tmp)
+        except OSError:  # alive (another user's process) or unknown: keep it
+            pass
+
+
+class _Lock:
+    """An exclusive advisory lock on ``folder/run.lock`` (one per torchrun rank), held while a run writes there.
+
+    ``fcntl.flock`` locks belong to the open file and vanish when the process ends however it ends, so a killed
+    run never leaves a stale lock. Where ``fcntl`` does not exist (Windows) nothing is locked."""
+
+    def __init__(self, folder: Path, label: str):
+        self.path = folder / dist.progress_name(LOCK_FILE)
+        self.label = label
+        self.fd: int | None = None
+
+    def __enter__(self) -> "_Lock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):  # the file may be unlinked by its last holder between our open and our lock
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
+                os.close(fd)
+                raise RunLockedError(f"another vtbench process ({holder}) is writing {self.label} into "
+                                     f"{str(self.path.parent)!r}; two runs into one folder would overwrite each "
+                                     f"other's progress. Fix: wait for it to finish (then this command resumes or "
+                                     f"reuses its result), or give this run another --out") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                import socket
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                             f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}".encode())
+                self.fd = fd
+                return self
+            os.close(fd)
+        raise RunLockedError(f"{self.path}: could not take the run lock (the file keeps changing); retry")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # still holding the lock: nobody else can be using this file
+            os.close(self.fd)
+            self.fd = None
 
 
 class Source(Protocol):
@@ -101,7 +231,8 @@ class Evaluation:
                 rec = read_record(path)
             except ValueError:
                 return None
-            if rec.get("run", {}).get("fingerprint") == self.fingerprint:
+            run = rec.get("run") or {}
+            if run.get("fingerprint") == self.fingerprint and not run.get("failed"):  # a failed run is tried again
                 return rec
         return None
 
@@ -123,6 +254,18 @@ class Evaluation:
             os.replace(tmp, self.progress_path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _checkpoint(self) -> None:
+        try:
+            self.save_progress()
+        except OSError as exc:
+            where = self.progress_path
+            kept = (f"the previous checkpoint in {where} is intact" if where is not None and where.is_file()
+                    else "no checkpoint was written yet")
+            raise OutputWriteError(f"{self.label}: cannot save progress into {str(self.dir)!r} "
+                                   f"({exc.strerror or exc}); {kept} and no temporary file was left. Fix: free "
+                                   f"some space (or fix the folder) and run the same command again to resume"
+                                   ) from None
 
     def load_progress(self) -> None:
         path = self.progress_path
@@ -172,6 +315,15 @@ class Evaluation:
         if existing is not None and not self.force:
             log.info("%s: complete, skipped (use --force to recompute)", self.label)
             return existing
+        if self.dir is None:
+            return self._run()
+        check_writable(self.dir, "run folder")
+        with _Lock(self.dir, self.label):
+            return self._run()
+
+    def _run(self) -> dict[str, Any] | Outcome:
+        if self.dir is not None:
+            _remove_stale_temporaries(self.dir)
         if self.force and self.progress_path is not None:
             self.progress_path.unlink(missing_ok=True)
         self.load_progress()
@@ -196,13 +348,16 @@ class Evaluation:
                 self._update(batch)
                 bar.advance(batch.size)
                 if self.dir is not None and k % self.checkpoint_every == 0:
-                    self.save_progress()
+                    self._checkpoint()
                 if self.stop_after_batches and k >= self.stop_after_batches:
-                    self.save_progress()
+                    self._checkpoint()
                     raise KeyboardInterrupt(f"stopped after {k} batches (stop_after_batches)")
-        except BaseException:
-            if self.done:
-                self.save_progress()
+        except BaseException as exc:
+            if self.done and not isinstance(exc, OutputWriteError):
+                try:
+                    self.save_progress()
+                except OSError as err:  # e.g. the disk is full: report the first error, not this one
+                    log.warning("%s: could not save progress (%s); the last checkpoint is kept", self.label, err)
             raise
         finally:
             bar.close()
@@ -221,6 +376,12 @@ class Evaluation:
         for m in self.metrics.values():
             values.update(m.compute())
         n_used = len(self.done) - len(self.skipped)
+        if n_used <= 0:
+            shown = "; ".join(f"{s['id']}: {s['reason']}" for s in self.skipped[:3])
+            raise NoUsableDataError(
+                f"{self.label}: not one of the {len(self.done)} items could be used"
+                + (f" (e.g. {shown})" if shown else "") + "; no result was written. Fix: check the data (the "
+                "messages above name each file and what is wrong with it), or point --data at another dataset")
         for nulls in self.unavailable.values():
             values.update(nulls(n_used))
         if timings is not None and "metrics_s" in timings:
@@ -234,13 +395,32 @@ class Evaluation:
         record.setdefault("run", {})["fingerprint"] = self.fingerprint
         if self.dir is not None:
             if dist.is_main():  # rank 0 writes; every rank returns the same record
-                self.dir.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(self.dir / SAMPLES_FILE, pd.DataFrame(self.rows).sort_values("id")
-                                  .to_csv(index=False) if self.rows else "id\n")
-                write_json_atomic(self.dir / RESULT_FILE, record)
+                self.write(record, self.rows)
             self.progress_path.unlink(missing_ok=True)
             dist.barrier()
         return record
 
+    def write(self, record: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        """``samples.csv`` and ``result.json``, replaced together or not at all; on failure (disk full) the
+        progress file is refreshed if it can be, and ``OutputWriteError`` says what was kept."""
+        samples = pd.DataFrame(rows).sort_values("id").to_csv(index=False) if rows else "id\n"
+        try:
+            write_texts_together({self.dir / SAMPLES_FILE: samples,
+                                  self.dir / RESULT_FILE: json.dumps(record, indent=2, allow_nan=False) + "\n"})
+        except OSError as exc:
+            kept = ""
+            try:
+                if self.done:
+                    self.save_progress()
+                    kept = f"; its progress is kept in {self.progress_path}, so the same command resumes"
+            except OSError:
+                if self.progress_path.is_file():
+                    kept = f"; progress up to the last checkpoint is kept in {self.progress_path}"
+            raise OutputWriteError(f"{self.label}: cannot write the results into {str(self.dir)!r} "
+                                   f"({exc.strerror or exc}); the folder's earlier files are unchanged and no "
+                                   f"temporary file was left{kept}. Fix: free some space (or fix the folder) and "
+                                   f"run the same command again") from None
 
-__all__ = ["Evaluation", "Outcome", "PROGRESS_FILE", "Source"]
+
+__all__ = ["Evaluation", "LOCK_FILE", "NoUsableDataError", "Outcome", "OutputNotWritableError", "OutputWriteError",
+           "PROGRESS_FILE", "RunLockedError", "Source", "check_writable"]

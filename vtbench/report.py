@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from vtbench.results import iter_records, write_text_atomic
+from vtbench.results import iter_records, warn_skip, write_text_atomic
 
 # Columns of the summary, in order: (metric key, header).
 COLUMNS = [
@@ -84,7 +84,7 @@ def rich_table(records: list[dict[str, Any]]):
 
 def summary_html(root: str | Path, out: str | Path | None = None) -> Path:
     """Write a plain HTML summary of every result below ``root`` (default ``root/index.html``)."""
-    records = [rec for _, rec in iter_records(root)]
+    records = [rec for _, rec in iter_records(root, on_error=warn_skip)]  # one bad file hides nothing else
     out = Path(out) if out else Path(root) / "index.html"
     e = html.escape
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>vtbench results</title><style>",

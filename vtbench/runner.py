@@ -10,10 +10,13 @@ stopped; a completed run is skipped unless forced.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import pickle
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,13 +28,22 @@ from vtbench.config import Protocol, load_protocol
 from vtbench.core import fingerprint, quantise_uint8
 from vtbench.data.annotations import find_word_manifest, match_annotations
 from vtbench.data.datasets import ImageDataset, collate, open_dataset
-from vtbench.data.policies import get_policy
-from vtbench.evaluation import PROGRESS_FILE, Evaluation, Outcome
+from vtbench.data.policies import Native, NativeOrPad, get_policy
+from vtbench.evaluation import Evaluation, Outcome, check_writable
 from vtbench.hashing import sha256sum
 from vtbench.metrics import METRICS, Batch, Metric, MetricUnavailable, MetricValue
 from vtbench.metrics.base import MetricContext, metric_for_output
 from vtbench.paths import join_under, png_relpath, safe_name
-from vtbench.results import RESULT_FILE, environment, new_record, protocol_section, run_dir, write_json_atomic
+from vtbench.results import (
+    RESULT_FILE,
+    SAMPLES_FILE,
+    environment,
+    new_record,
+    protocol_section,
+    run_dir,
+    write_json_atomic,
+    write_texts_together,
+)
 from vtbench.tokenizers import Tokenizer, UnsupportedResolutionError, build_tokenizer
 from vtbench.tokenizers.base import image_seeds
 
@@ -93,7 +105,8 @@ def attach_words(dataset: ImageDataset, manifest: str | Path | None) -> None:
         log.warning("no word manifest for %s (pass --annotations FILE); text metrics need ground-truth words",
                     dataset.info.id)
         return
-    dataset.annotations = match_annotations(dataset.ids, root if root is not None and root.is_dir() else None, path)
+    dataset.annotations = match_annotations(dataset.ids, root if root is not None and root.is_dir() else None, path,
+                                            size_of=dataset.size_of)  # boxes past an image's edge: file:line
     dataset.info.extra["annotations"] = {"file": path.name, "sha256": sha256sum(path),
                                          "images_with_words": len(dataset.annotations)}
     log.info("word manifest %s: words for %d of %d images", path, len(dataset.annotations), len(dataset))
@@ -148,7 +161,18 @@ def build_metrics(names: list[str], device: torch.device, reference_key: str,
         ctx = MetricContext(device=device, reference_key=reference_key, resolution=resolution, tokenizer=tokenizer,
                             **metric_config(name, protocol))
         try:
-            built[name] = cls.from_context(ctx)
+            try:
+                built[name] = cls.from_context(ctx)
+            except MetricUnavailable:
+                raise
+            except Exception as exc:
+                if not _is_file_error(exc):
+                    raise
+                # e.g. an empty or damaged LPIPS backbone file: torch.load raises EOFError / UnpicklingError
+                raise MetricUnavailable(f"{name}: its weights could not be read ({type(exc).__name__}: "
+                                        f"{_first_line(exc)}); a damaged or incomplete file? Re-download it (the "
+                                        f"metric's documentation names the file and where it is looked for)"
+                                        ) from None
         except MetricUnavailable as exc:
             unavailable[name] = exc.reason
             if exc.reason not in _WARNED:  # once per process, not once per tokenizer
@@ -166,6 +190,21 @@ def null_values(unavailable: dict[str, str], protocol: Protocol | None
         return lambda n: cls.unavailable(reason, n, **config)
 
     return {name: nulls(name, reason) for name, reason in unavailable.items()}
+
+
+def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "the file ends early: empty or truncated"
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else "no message")[:200]
+
+
+def _is_file_error(exc: BaseException) -> bool:
+    """Whether an error from building a metric comes from reading a (weights) file, not from a bug."""
+    if isinstance(exc, (EOFError, pickle.UnpicklingError, OSError)) or type(exc).__name__ == "SafetensorError":
+        return True
+    return isinstance(exc, RuntimeError) and any(k in str(exc) for k in ("PytorchStreamReader", "zip archive",
+                                                                          "corrupt", "magic number"))
 
 
 def thumbnail_ids(ids: list[str], k: int) -> set[str]:
@@ -219,6 +258,8 @@ class TokenizerRun:
                                                        resolution=self.policy.resolution, tokenizer=tokenizer)
         self.timings = {"encode_s": 0.0, "decode_s": 0.0, "metrics_s": 0.0}
         self.thumb_ids = thumbnail_ids(dataset.ids, cfg.thumbnails)
+        if self.policy.resolution and not isinstance(self.policy, (Native, NativeOrPad)):
+            tokenizer.check_size(self.policy.resolution, self.policy.resolution)  # every image gets this size
 
     def _accepts(self, height: int, width: int) -> bool:
         try:
@@ -255,8 +296,8 @@ class TokenizerRun:
         bad = ~torch.isfinite(rec).flatten(1).all(dim=1)
         if bad.any():
             which = [i for i, b in zip(ids, bad.tolist()) if b]
-            raise NonFiniteOutputError(f"{self.tok.name} produced NaN/Inf pixels for {which[:5]}; "
-                                       f"results so far are kept in {self.dir / PROGRESS_FILE}")
+            raise NonFiniteOutputError(f"{self.tok.name} produced NaN/Inf pixels for {len(which)} of {len(ids)} images "
+                                       f"of a batch (e.g. {which[:3]})")
         recon = torch.stack([quantise_uint8(self.policy.from_model(r.float(), c)) for r, c in zip(rec, ctxs)])
         orig = torch.stack(originals)
         words = self.ds.annotations
@@ -290,7 +331,7 @@ class TokenizerRun:
             if bad.any():
                 which = [i for i, b in zip(ids, bad.tolist()) if b]
                 raise NonFiniteOutputError(f"{self.tok.name} produced NaN/Inf pixels from perturbed tokens ({m.key}) "
-                                           f"for {which[:5]}; results so far are kept in {self.dir / PROGRESS_FILE}")
+                                           f"for {len(which)} of {len(ids)} images of a batch (e.g. {which[:3]})")
             out[m.key] = torch.stack([quantise_uint8(self.policy.from_model(r.float(), c))
                                       for r, c in zip(rec, ctxs)]).to(self.device)
         return out or None
@@ -330,9 +371,20 @@ class TokenizerRun:
                 ids.append(sid)
                 imgs.append(img)
                 if len(ids) == self.cfg.batch_size:
-                    yield self._process(*buckets.pop(tuple(img.shape)))
+                    yield from self._checked(*buckets.pop(tuple(img.shape)), skip)
         for ids, imgs in list(buckets.values()):
-            yield self._process(ids, imgs)
+            yield from self._checked(ids, imgs, skip)
+
+    def _checked(self, ids: list[str], imgs: list[torch.Tensor], skip: Callable[[str, str], None]) -> Any:
+        """The batch of ``ids``, or, when the tokenizer cannot take their size (a 1x1 image under the native
+        policy), each of them skipped with the reason: one odd image does not stop the run."""
+        try:
+            batch = self._process(ids, imgs)
+        except UnsupportedResolutionError as exc:
+            for sid in ids:
+                skip(sid, str(exc))
+            return
+        yield batch
 
     # -- the record -------------------------------------------------------------------------------
     def _record(self, out: Outcome) -> dict[str, Any]:
@@ -365,6 +417,23 @@ class TokenizerRun:
 
     def run(self) -> dict[str, Any]:
         return self.evaluation().run()
+
+    def failed_record(self, reason: str, n_done: int) -> dict[str, Any]:
+        """The record of a run that could not finish (the tokenizer produced NaN/Inf pixels): every selected metric
+        null with ``reason``, ``run.failed`` set (so the next run tries again rather than reusing it), written with
+        an empty per-sample table. ``n_used`` counts the images evaluated before the failure."""
+        values: dict[str, MetricValue] = {}
+        for name in self.metric_names:
+            values.update(METRICS.get(name.partition("@")[0]).unavailable(reason, n_done,
+                                                                            **metric_config(name, self.protocol)))
+        now = datetime.now(timezone.utc).isoformat()
+        record = self._record(Outcome(values=values, n_used=n_done, skipped=[], timings=dict(self.timings),
+                                      started=now, finished=now))
+        record["run"].update(fingerprint=self.fingerprint, failed={"reason": reason})
+        if distributed.is_main():
+            write_texts_together({self.dir / SAMPLES_FILE: "id\n",
+                                  self.dir / RESULT_FILE: json.dumps(record, indent=2, allow_nan=False) + "\n"})
+        return record
 
 
 def seed_summary(records: list[dict[str, Any]], folder: Path, write: bool = True) -> dict[str, Any]:
@@ -399,9 +468,61 @@ def seed_summary(records: list[dict[str, Any]], folder: Path, write: bool = True
     return record
 
 
+class PartialRunError(RuntimeError):
+    """Some tokenizers of a run could not be evaluated; the others' records are in ``records`` (and on disk)."""
+
+    def __init__(self, message: str, records: list[dict[str, Any]], failures: dict[str, str]):
+        super().__init__(message)
+        self.records, self.failures = records, failures
+
+
+# errors that belong to one tokenizer (its weights, its outputs): the run records them and goes on to the next
+_PER_TOKENIZER = ("MissingWeightsError", "WeightsMismatchError", "UntrustedCheckpointError",
+                  "UnsupportedResolutionError", "NonFiniteOutputError")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _evaluate(name: str, cfg: RunConfig, dataset: ImageDataset, protocol: Protocol, names: list[str],
+              device: torch.device) -> dict[str, Any]:
+    tok = build_tokenizer(name, weights=cfg.weights, trust=cfg.trust_checkpoint, device=device)
+    if cfg.seeds and tok.stochastic:
+        per_seed = [_guarded(TokenizerRun(tok, dataset, cfg, protocol, names, device, decode_seed=s))
+                    for s in cfg.seeds]
+        return seed_summary(per_seed, run_dir(cfg.out, dataset.info, tok.name, protocol.name),
+                            write=distributed.is_main())
+    if cfg.seeds:
+        log.info("%s decodes deterministically: --seeds ignored (one run)", tok.name)
+    return _guarded(TokenizerRun(tok, dataset, cfg, protocol, names, device))
+
+
+def _guarded(tr: TokenizerRun) -> dict[str, Any]:
+    """``tr.run()``; a tokenizer that produces NaN/Inf pixels gets a record of null metrics with the reason."""
+    ev = tr.evaluation()
+    try:
+        return ev.run()
+    except NonFiniteOutputError as exc:
+        kept = ev.progress_path if ev.progress_path is not None and ev.progress_path.is_file() else None
+        reason = f"{exc}; no metric is reported for this tokenizer" + (
+            f" ({len(ev.done)} images done before it are kept in {kept})" if kept else "")
+        record = tr.failed_record(reason, len(ev.done) - len(ev.skipped))
+        exc.record = record  # type: ignore[attr-defined]
+        exc.args = (f"{reason}; recorded in {tr.dir / RESULT_FILE}",)
+        raise
+
+
 def run(tokenizers: list[str], cfg: RunConfig,
         on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Evaluate each tokenizer on ``cfg.data``; returns the RunResult records (existing complete ones reused)."""
+    """Evaluate each tokenizer on ``cfg.data``; returns the RunResult records (existing complete ones reused).
+
+    A tokenizer that cannot be evaluated (its weights missing or damaged, NaN/Inf pixels from its decoder) does
+    not stop the others: the run goes on and ends with ``PartialRunError`` listing each failure (its ``records``
+    hold the finished ones). A tokenizer with NaN/Inf output also gets a record of null metrics with the reason.
+    With a single tokenizer its error is raised as it is. Problems of the whole run (unreadable data, an
+    unwritable --out, a run folder in use) stop it at once."""
     from vtbench.config import get_card
     for name in tokenizers:  # unknown names fail before any data is read
         card = get_card(name)
@@ -426,23 +547,39 @@ def run(tokenizers: list[str], cfg: RunConfig,
     names = selected_metrics(cfg, protocol)
     if any("words" in METRICS.get(n.partition("@")[0]).needs for n in names):
         attach_words(dataset, cfg.annotations)
+    # before any weights are loaded or any image is decoded: a folder that cannot take the results fails now
+    if distributed.is_main():
+        check_writable(Path(cfg.out), "--out")
+        if cfg.save_reconstructions:
+            check_writable(Path(cfg.save_reconstructions), "--save-reconstructions")
     log.info("dataset %s: %d images (%s); metrics: %s; device: %s", dataset.info.id, len(dataset),
              policy.describe(), ", ".join(names), device)
-    records = []
+    records: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
     from vtbench.metrics.speed import memory_baseline
-    for name in tokenizers:
+    t0, total = time.monotonic(), len(tokenizers)
+    for k, name in enumerate(tokenizers):
+        if total > 1:  # overall progress across tokenizers, on stderr with the logs
+            elapsed = time.monotonic() - t0
+            eta = f", about {_clock(elapsed / k * (total - k))} left" if k else ""
+            log.info("[%d/%d] %s (elapsed %s%s)", k + 1, total, name, _clock(elapsed), eta)
         memory_baseline(device)  # peak memory is measured per tokenizer, its weights included
-        tok = build_tokenizer(name, weights=cfg.weights, trust=cfg.trust_checkpoint, device=device)
-        if cfg.seeds and tok.stochastic:
-            per_seed = [TokenizerRun(tok, dataset, cfg, protocol, names, device, decode_seed=s).run()
-                        for s in cfg.seeds]
-            record = seed_summary(per_seed, run_dir(cfg.out, dataset.info, tok.name, protocol.name),
-                                  write=distributed.is_main())
-        else:
-            if cfg.seeds:
-                log.info("%s decodes deterministically: --seeds ignored (one run)", tok.name)
-            record = TokenizerRun(tok, dataset, cfg, protocol, names, device).run()
+        try:
+            record = _evaluate(name, cfg, dataset, protocol, names, device)
+        except Exception as exc:
+            if total == 1 or type(exc).__name__ not in _PER_TOKENIZER:
+                raise
+            failures[name] = str(exc).removeprefix(f"{name}: ")
+            log.error("%s failed, going on with the others: %s", name, exc)
+            record = getattr(exc, "record", None)
+            if record is None:
+                continue
         records.append(record)
         if on_result:
             on_result(record)
+    if total > 1:
+        log.info("%d tokenizers in %s (%d failed)", total, _clock(time.monotonic() - t0), len(failures))
+    if failures:
+        raise PartialRunError(f"{len(failures)} of {total} tokenizers failed (the others' results are written):\n"
+                              + "\n".join(f"  {n}: {why}" for n, why in failures.items()), records, failures)
     return records

@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vtbench.core import fingerprint
-from vtbench.data.images import ImageLoadError, load_image, load_image_bytes
+from vtbench.data.images import ImageLoadError, image_size, load_image, load_image_bytes
 from vtbench.data.policies import Policy
 from vtbench.hashing import content_digests
 from vtbench.registry import did_you_mean
@@ -118,6 +118,7 @@ class ImageDataset(Dataset):
         self._all_ids = all_ids
         self._all_labels = all_labels
         self._index = select_subset(all_ids, limit, seed)
+        self._id_pos: dict[str, int] | None = None
         self.ids: list[str] = [all_ids[j] for j in self._index]
         self.labels: list[int] = [all_labels[j] for j in self._index]
         self.info = DatasetInfo(id=dataset_id, kind=kind, root=str(root), revision=revision,
@@ -130,6 +131,19 @@ class ImageDataset(Dataset):
 
     def _load(self, j: int) -> np.ndarray:
         raise NotImplementedError
+
+    def size_of(self, sample_id: str) -> tuple[int, int] | None:
+        """``(width, height)`` of a sample read from its header (nothing decoded), None when unreadable."""
+        if self._id_pos is None:
+            self._id_pos = {sid: j for j, sid in enumerate(self._all_ids)}
+        try:
+            return self._size(self._id_pos[sample_id])
+        except (KeyError, ImageLoadError):
+            return None
+
+    def _size(self, j: int) -> tuple[int, int]:
+        arr = self._load(j)
+        return arr.shape[1], arr.shape[0]
 
     def load_raw(self, i: int) -> np.ndarray:
         """The decoded image ``i`` before the policy (raises :class:`ImageLoadError`)."""
@@ -144,7 +158,10 @@ class ImageDataset(Dataset):
             img = self.policy.prepare(self._load(self._index[i]))
         except ImageLoadError as exc:
             return {"id": sample_id, "image": None, "label": label, "error": str(exc)}
-        tensor = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        chw = np.ascontiguousarray(img.transpose(2, 0, 1))
+        if not chw.flags.writeable:  # a view of Pillow's read-only buffer (e.g. a 1x1 image): own a copy
+            chw = chw.copy()
+        tensor = torch.from_numpy(chw)
         return {"id": sample_id, "image": tensor, "label": label, "error": None}
 
     def __repr__(self) -> str:
@@ -239,6 +256,9 @@ class FolderDataset(ImageDataset):
 
     def _load(self, j: int) -> np.ndarray:
         return load_image(self.root / self._all_ids[j], max_pixels=self.max_pixels)
+
+    def _size(self, j: int) -> tuple[int, int]:
+        return image_size(self.root / self._all_ids[j], max_pixels=self.max_pixels)
 
 
 # ---------------------------------------------------------------------------------------------------- parquet

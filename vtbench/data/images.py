@@ -19,12 +19,16 @@ Conversions (each one is deliberate and tested):
 - Mode ``F`` (32-bit float, e.g. float TIFFs): NaN -> 0; if every finite value is <= 1.0 the data is read as
   [0, 1] and scaled by 255; otherwise it is read as [0, 255]. Values are clamped to that range and rounded
   half up.
-- Multi-frame files (GIF, multi-page TIFF): the first frame.
+- Multi-frame files (animated PNG, GIF, WebP, multi-page TIFF): the first frame.
 - EXIF orientation is **not** applied, and embedded ICC profiles are ignored: the ImageNet evaluation protocols
   (ADM's loader, torchvision's ImageFolder) read raw pixel order, and published numbers depend on that.
+- The format is read from the content, never from the extension: a JPEG named ``.png`` is decoded as the JPEG it
+  is; a file that is no image at all (an HTML error page named ``.png``) is an unreadable sample. Empty files are
+  reported as empty.
 
 Size guard: images with more than ``max_pixels`` pixels are refused before decoding with
-:class:`ImageTooLargeError`. ``max_pixels`` comes from the argument, else the ``VTBENCH_MAX_PIXELS`` environment
+:class:`ImageTooLargeError`, as are metadata chunks that inflate past Pillow's text-chunk limit; nothing is
+allocated at the declared size. ``max_pixels`` comes from the argument, else the ``VTBENCH_MAX_PIXELS`` environment
 variable, else :data:`DEFAULT_MAX_PIXELS`. Pillow's own ``DecompressionBombError`` is translated into the same
 error. Corrupt, truncated and non-image inputs raise :class:`ImageLoadError` naming the file, the problem and the
 fix.
@@ -48,6 +52,7 @@ __all__ = [
     "ImageLoadError",
     "ImageTooLargeError",
     "load_image",
+    "image_size",
     "load_image_bytes",
     "resolve_max_pixels",
     "to_rgb_array",
@@ -130,10 +135,21 @@ def _open(fp, name: str, limit: int) -> Image.Image:
             found = re.search(r"\((\d+) pixels\)", str(exc))
             raise _too_large(name, None, None, limit, int(found.group(1)) if found else None) from None
         except Image.UnidentifiedImageError:
+            if _head(fp).startswith(b"version https://git-lfs"):
+                raise ImageLoadError(name, "a Git LFS pointer (a small text file), not the image itself",
+                                     "fetch the real files (`git lfs pull` in the dataset's repository) or "
+                                     "re-download the dataset") from None
             raise ImageLoadError(name, "not an image, or an image format Pillow cannot identify",
                                  "check that the file really is an image (PNG, JPEG, BMP, WebP, TIFF, ...) "
                                  "and not an HTML error page, an LFS pointer or a partial download; "
                                  "re-download it or remove it from the dataset") from None
+        except ValueError as exc:
+            if "Decompressed" in str(exc):  # Pillow's guard on zTXt/iTXt/iCCP chunks that inflate too far
+                raise ImageTooLargeError(name, f"a compressed metadata chunk inflates past Pillow's limit, a "
+                                               f"decompression bomb ({exc})",
+                                         "if the file is trusted, re-save the image without its oversized "
+                                         "metadata (e.g. open and save it with another tool)") from None
+            raise ImageLoadError(name, f"unreadable image header ({type(exc).__name__}: {exc})") from None
         except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file
             raise ImageLoadError(name, f"unreadable image header ({type(exc).__name__}: {exc})") from None
         finally:
@@ -143,6 +159,15 @@ def _open(fp, name: str, limit: int) -> Image.Image:
         img.close()
         raise _too_large(name, width, height, limit)
     return img
+
+
+def _head(fp, n: int = 64) -> bytes:
+    """The first ``n`` bytes of an open file (for naming what a non-image is)."""
+    try:
+        fp.seek(0)
+        return fp.read(n)
+    except Exception:  # noqa: BLE001 - unseekable: nothing to tell
+        return b""
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
@@ -251,7 +276,30 @@ def load_image(path: str | os.PathLike, max_pixels: int | float | None = None) -
         raise ImageLoadError(name, f"cannot read the file ({exc.strerror or exc})",
                              "check the file's permissions and the storage it lives on") from None
     with fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise ImageLoadError(name, "the file is empty (0 bytes)",
+                                 "re-download or re-export it (an interrupted copy leaves empty files), or remove it "
+                                 "from the dataset; vtbench records and skips unreadable samples during a run")
         return _decode(fh, name, max_pixels)
+
+
+def image_size(source: str | os.PathLike | bytes, name: str | None = None,
+               max_pixels: int | float | None = None) -> tuple[int, int]:
+    """``(width, height)`` from the header alone (a path or encoded bytes); nothing is decoded. Raises
+    :class:`ImageLoadError` like :func:`load_image`."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageLoadError(name or "<bytes>", "empty image data (no bytes stored)")
+        img = _open(io.BytesIO(bytes(source)), name or "<bytes>", resolve_max_pixels(max_pixels))
+    else:
+        try:
+            img = _open(open(source, "rb"), name or str(source), resolve_max_pixels(max_pixels))
+        except OSError as exc:
+            raise ImageLoadError(name or str(source), f"cannot read the file ({exc.strerror or exc})") from None
+    try:
+        return img.size
+    finally:
+        img.close()
 
 
 def load_image_bytes(data: bytes | bytearray | memoryview, name: str,

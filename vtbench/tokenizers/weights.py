@@ -106,6 +106,40 @@ def local_weights(spec: Mapping[str, Any] | None) -> Path | None:
         return None
 
 
+def weights_search(spec: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Where ``resolve_weights`` looks for the weights a card's ``weights`` table names, in its order, without
+    downloading: ``[{"place", "path", "found"}]`` (``path`` None where a place is not set up, e.g. no
+    ``$VTBENCH_WEIGHTS``). For ``vtbench info``."""
+    if not spec:
+        return []
+    out: list[dict[str, Any]] = [{"place": "--weights PATH", "path": None, "found": None}]
+    if spec.get("directory"):
+        dir_name = spec.get("file") or str(spec.get("hub_repo", "")).split("/")[-1]
+        wdir = os.environ.get("VTBENCH_WEIGHTS")
+        p = Path(wdir) / dir_name if wdir else None
+        out.append({"place": "$VTBENCH_WEIGHTS", "path": str(p) if p else "(unset)",
+                    "found": bool(p and _model_dir(p, spec.get("subfolder")))})
+    else:
+        file_name = spec.get("file") or Path(spec.get("hub_filename", "")).name
+        if spec.get("bundled"):
+            from vtbench.paths import DECLARATIONS_ROOT
+            p = DECLARATIONS_ROOT / spec["bundled"]
+            out.append({"place": "bundled with vtbench", "path": str(p), "found": p.is_file()})
+        wdir = os.environ.get("VTBENCH_WEIGHTS")
+        names = dict.fromkeys([file_name, spec.get("hub_filename") or file_name])
+        for n in names:
+            p = Path(wdir) / n if wdir else None
+            conv = converted_copy(p) if p else None
+            out.append({"place": "$VTBENCH_WEIGHTS", "path": str(conv or p) if p else f"(unset) .../{n}",
+                        "found": bool(conv or (p and p.is_file()))})
+    if spec.get("hub_repo"):
+        allowed = downloads_allowed()
+        inner = spec.get("subfolder") if spec.get("directory") else (spec.get("hub_filename") or spec.get("file"))
+        out.append({"place": "Hugging Face hub" + ("" if allowed else " (offline: not tried)"),
+                    "path": f"{spec['hub_repo']}/{inner or ''}".rstrip("/"), "found": None})
+    return out
+
+
 def _model_dir(root: Path, subfolder: str | None) -> Path | None:
     """``root/subfolder`` if that is a directory, else ``root`` itself if it is one (already the model folder)."""
     if subfolder and (root / subfolder).is_dir():
@@ -233,12 +267,18 @@ def load_official_checkpoint(path: str | Path, *, trust: bool = False, inert: bo
     from vtbench.tokenizers.safe_pickle import RefusedCheckpoint, read_zip_inert
 
     path = Path(path)
+    _check_not_empty(path)
     if path.suffix == ".safetensors":
         try:
             return _load_safetensors(path)
         except Exception as exc:  # noqa: BLE001 - a torn or mislabelled file
             raise WeightsMismatchError(f"{path}: not a readable safetensors file ({type(exc).__name__}: "
                                        f"{str(exc)[:200]}); re-download or re-convert it") from None
+    if not zipfile.is_zipfile(path) and not _legacy_header(path):
+        # neither of torch's two formats: no unpickling, trusted or not, could read it (a partial download, random
+        # bytes, a plain pickle); telling the user to trust it would be wrong
+        raise WeightsMismatchError(_corrupt(path, "neither a PyTorch zip archive nor a legacy torch file (no magic "
+                                                  "number)"))
     try:
         with torch.serialization.safe_globals(list(SAFE_EXTRA_GLOBALS)):
             return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=True), "weights_only")
@@ -246,8 +286,10 @@ def load_official_checkpoint(path: str | Path, *, trust: bool = False, inert: bo
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
         reason = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
     except Exception as exc:  # noqa: BLE001 - torn, truncated or foreign files
-        raise WeightsMismatchError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                                   f"{str(exc)[:300]}); re-download it") from None
+        what = "the file ends early (truncated)" if isinstance(exc, EOFError) else \
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        raise WeightsMismatchError(f"{path}: not a readable PyTorch checkpoint ({what}). Fix: re-download it and "
+                                   f"check its sha256 against the card's (`vtbench info TOKENIZER`)") from None
     if trust:
         log.warning("%s: unpickling with --trust-checkpoint; the file's pickled code may run", path)
         return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=False), "trusted")
@@ -260,10 +302,65 @@ def load_official_checkpoint(path: str | Path, *, trust: bool = False, inert: bo
     try:
         res = read_zip_inert(str(path))
     except RefusedCheckpoint as exc:
+        if exc.rule == "malformed" and "Unsupported operand" in reason:
+            # torch's own reader met an opcode no checkpoint writer emits and ours could not parse the stream:
+            # the pickle is damaged, not merely untrusted
+            raise WeightsMismatchError(_corrupt(path, f"its data.pkl is not a valid pickle stream ({exc.detail}). "
+                                                      f"Nothing from the file was run")) from None
         raise _refused(path, exc.rule, exc.detail) from None
     if res.stubbed:
         log.info("%s: read without running pickled code; inert placeholders for %s", path.name, ", ".join(res.stubbed))
     return LoadedCheckpoint(res.obj, "inert", res.stubbed)
+
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, the first object of a legacy file
+
+
+def _corrupt(path: Path, what: str) -> str:
+    size = path.stat().st_size
+    return (f"{path} ({size:,} bytes): not a PyTorch checkpoint: {what}. The file is damaged or is something else "
+            f"(an interrupted download, an HTML error page, a Git LFS pointer). Fix: re-download it and check its "
+            f"sha256 against the card's (`vtbench info TOKENIZER`); --trust-checkpoint cannot help")
+
+
+def _check_not_empty(path: Path) -> None:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise WeightsMismatchError(f"{path}: cannot read the weights file ({exc.strerror or exc}); check the path "
+                                   f"and its permissions") from None
+    if size == 0:
+        raise WeightsMismatchError(f"{path}: the weights file is empty (0 bytes): an interrupted download or copy. "
+                                   f"Fix: re-download it and check its sha256 against the card's "
+                                   f"(`vtbench info TOKENIZER`)")
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(64)
+        if head.startswith(b"version https://git-lfs"):
+            raise WeightsMismatchError(f"{path}: a Git LFS pointer ({size} bytes of text), not the weights. Fix: "
+                                       f"`git lfs pull` in the repository it came from, or download the file itself")
+        if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+            raise WeightsMismatchError(f"{path}: an HTML page ({size} bytes), not the weights: the download saved "
+                                       f"an error or login page. Fix: re-download it (gated files need a login "
+                                       f"first) and check its sha256 against the card's (`vtbench info TOKENIZER`)")
+
+
+def _legacy_header(path: Path) -> bool:
+    """Whether ``path`` starts as torch's legacy format does: a pickled ``MAGIC_NUMBER``. The opcodes are only
+    parsed (``pickletools.genops``), never executed."""
+    import io
+    import pickletools
+
+    with open(path, "rb") as f:
+        head = f.read(64)
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(head)):
+            if op.name in ("PROTO", "FRAME"):
+                continue
+            return op.name in ("LONG1", "LONG4", "INT", "LONG") and arg == _LEGACY_MAGIC
+    except Exception:  # noqa: BLE001 - not a pickle stream at all
+        return False
+    return False
 
 
 # `vtbench weights convert` stores wrapper dicts as "/"-joined key paths and marks the file with this metadata.
@@ -333,9 +430,12 @@ def convert_to_safetensors(src: str | Path, dst: str | Path, *, trust: bool = Fa
     if loaded.stubbed_globals:
         meta["source_stubbed_globals"] = ",".join(loaded.stubbed_globals)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    save_file(flat, str(tmp), metadata=meta)
-    tmp.replace(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        save_file(flat, str(tmp), metadata=meta)
+        tmp.replace(dst)
+    finally:  # a full disk leaves no partial file behind
+        tmp.unlink(missing_ok=True)
     return {"tensors": len(flat), "skipped_non_tensor": skipped, "load_mode": loaded.mode,
             "source_sha256": meta["source_sha256"], "output": str(dst)}
 
