@@ -155,9 +155,15 @@ def upgrade(record: dict[str, Any]) -> dict[str, Any]:
 def read_record(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        return upgrade(json.loads(path.read_text()))
+        record = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not a valid result file ({exc}); delete it and re-run") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a valid result file (not UTF-8 text: {exc}); delete it and re-run") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a valid result file (a JSON {type(record).__name__}, not an object); delete "
+                         "it and re-run")
+    return upgrade(record)
 
 
 def is_seed_record(path: Path) -> bool:
@@ -166,11 +172,19 @@ def is_seed_record(path: Path) -> bool:
     return path.parent.name.startswith("seed-") and (path.parent.parent / RESULT_FILE).is_file()
 
 
+def iter_record_paths(root: str | Path) -> list[Path]:
+    """The result files below ``root`` (or ``root`` itself), sorted, per-seed records under a seeds summary and
+    hidden folders (a store's temporary ``.add-*`` folders) left out."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    return [p for p in sorted(root.rglob(RESULT_FILE)) if not is_seed_record(p)
+            and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])]
+
+
 def iter_records(root: str | Path) -> Iterable[tuple[Path, dict[str, Any]]]:
     """Every result record below ``root`` (or ``root`` itself), per-seed records under a seeds summary left out."""
-    root = Path(root)
-    paths = [root] if root.is_file() else [p for p in sorted(root.rglob(RESULT_FILE)) if not is_seed_record(p)]
-    for p in paths:
+    for p in iter_record_paths(root):
         yield p, read_record(p)
 
 
