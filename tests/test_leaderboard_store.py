@@ -487,3 +487,11 @@ def test_publish_example_builds_the_store_without_arguments():
     assert f"def test_{check.group(2)}" in Path(__file__).read_text()
     assert subprocess.run(["bash", "-n", str(example / "publish.sh")]).returncode == 0
     assert (REPO / "leaderboard" / ".gitignore").read_text().split() == ["site/"]
+
+
+def test_a_site_inside_the_results_is_not_read_back(runs, tmp_path):
+    res = tmp_path / "res"
+    shutil.copytree(runs[0], res)
+    for _ in range(2):  # the second build sees the first site's record copies under res/site/records
+        index = build_site([res], res / "site")
+        assert "2 measured result records" in index.read_text()

@@ -48,8 +48,8 @@ def collect(results: list[Path]) -> list[Entry]:
             raise FileNotFoundError(f"{root}: no such result file or folder")
         for path in iter_record_paths(root):
             key = path.resolve()
-            if key in seen:
-                continue
+            if key in seen or any((parent / MARKER).is_file() for parent in key.parents):
+                continue  # each file once; the record copies inside a built site are not records of their own
             seen.add(key)
             try:
                 record = read_record(path)
