@@ -29,10 +29,15 @@ from selenium.webdriver.common.by import By  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def sites(tmp_path_factory):
-    results = tmp_path_factory.mktemp("lbb-results")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lbb-results")
     run(["identity.none", "jpeg.q10", "jpeg.q50", "tiny.vq", "tiny.fsq"],
-        RunConfig(limit=6, metrics=["psnr", "ssim", "compression"], progress=False, out=results))
+        RunConfig(limit=6, metrics=["psnr", "ssim", "compression"], progress=False, out=out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sites(results, tmp_path_factory):
     good = build_site([results], tmp_path_factory.mktemp("lbb-site") / "site")
     evil_dir = tmp_path_factory.mktemp("lbb-evil") / "evil"
     shutil.copytree(results / "embedded" / "tiny.vq" / "reconstruction", evil_dir)
@@ -69,7 +74,7 @@ def column_values(driver, table, key: str) -> list[float | None]:
     heads = table.find_elements(By.CSS_SELECTOR, "thead tr.cols th")
     i = [h.get_attribute("data-key") for h in heads].index(key)
     out = []
-    for row in table.find_elements(By.CSS_SELECTOR, "tbody tr"):
+    for row in table.find_elements(By.CSS_SELECTOR, "tbody.layer tr"):
         s = row.find_elements(By.TAG_NAME, "td")[i].get_attribute("data-sort")
         out.append(float(s) if s else None)
     return out
@@ -83,12 +88,12 @@ def test_index_tables_and_sorting(browser, sites, tmp_path):
     good, _ = sites
     browser.get(good.as_uri())
     assert browser.title == "vtbench leaderboard"
-    tables = browser.find_elements(By.CSS_SELECTOR, "table.sortable")
+    tables = browser.find_elements(By.CSS_SELECTOR, "section.task[data-task=reconstruction] table.sortable")
     assert len(tables) == 1
     table = tables[0]
     assert len(table.find_elements(By.CSS_SELECTOR, "tbody tr")) == 5
     assert len(table.find_elements(By.CSS_SELECTOR, "tbody tr.ref")) == 3
-    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.plot")) == 2
+    assert len(browser.find_elements(By.CSS_SELECTOR, "section.task[data-task=reconstruction] svg.plot")) == 2
 
     # PSNR: higher is better, so the first click puts the best first; identity's PSNR is null -> last
     header(table, "psnr").click()
@@ -148,3 +153,45 @@ def test_hostile_site_shows_text_and_runs_nothing(browser, sites):
     cell = browser.find_element(By.CSS_SELECTOR, 'td[title^="\\"><script>"]')
     assert cell.text == "–"
     assert browser.execute_script("return document.scripts.length") == 1
+
+
+def test_reported_layer_renders_and_sorts_apart(browser, sites, results, tmp_path_factory):
+    """The authors' numbers: their own tables per dataset and, where a measured table shares the dataset, rows in
+    their own tbody below the measured ones that sorting never mixes with them."""
+    from vtbench.cards import parse_card_file
+    from vtbench.config import all_cards
+    good, _ = sites
+    browser.get(good.as_uri())
+    reported = browser.find_elements(By.CSS_SELECTOR, "section.task[data-task=reported] table.sortable")
+    assert len(reported) == 3  # imagenet-val-50k, coco2017-val-5k, imagenet-train
+    for t in reported:
+        assert t.find_elements(By.CSS_SELECTOR, "tbody.layer-head th")[0].text.startswith("Reported by the authors")
+        rows = t.find_elements(By.CSS_SELECTOR, "tbody.layer[data-layer=reported] tr")
+        assert rows and all(r.get_attribute("class") == "reported" for r in rows)
+        assert t.find_elements(By.CSS_SELECTOR, "td.reported span.mark")
+    coverage = browser.find_element(By.ID, "t-coverage")
+    assert len(coverage.find_elements(By.CSS_SELECTOR, "tbody tr")) == len(all_cards())
+    assert severe(browser) == []
+
+    root = tmp_path_factory.mktemp("lbb-calib")
+    card = root / "calib.toml"
+    card.write_text('family = "calib"\nkind = "vq"\nentry = "vtbench.tokenizers.tiny:TinyTokenizer"\n'
+                    "[variants.a]\n[[variants.a.published]]\n"
+                    'metric = "psnr"\nvalue = 99.0\ndataset = "embedded"\nsource = "test"\n'
+                    "[[variants.a.published]]\n"
+                    'metric = "psnr"\nvalue = 1.0\ndataset = "embedded"\nsource = "test 2"\n')
+    cards = {**all_cards(), **{c.name: c for c in parse_card_file(card)}}
+    site = build_site([results], root / "site", cards=cards)
+    browser.get(site.as_uri())
+    table = browser.find_element(By.CSS_SELECTOR, "section.task[data-task=reconstruction] table.sortable")
+    for _ in range(2):  # both directions
+        header(table, "psnr").click()
+        vals = column_values(browser, table, "psnr")
+        direction = header(table, "psnr").get_attribute("aria-sort")
+        bodies = table.find_elements(By.CSS_SELECTOR, "tbody.layer")
+        assert [b.get_attribute("data-layer") for b in bodies] == ["measured", "reported"]
+        assert len(bodies[0].find_elements(By.TAG_NAME, "tr")) == 5
+        measured, rep = [v for v in vals[:5] if v is not None], vals[5:]
+        assert measured == sorted(measured, reverse=direction == "descending") and len(measured) == 4
+        assert rep == sorted([1.0, 99.0], reverse=direction == "descending")  # sorted, but apart
+    assert severe(browser) == []

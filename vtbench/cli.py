@@ -742,18 +742,70 @@ app.add_typer(leaderboard_app, name="leaderboard")
 
 @leaderboard_app.command("build")
 def leaderboard_build(
-    results: list[Path] = typer.Argument(..., help="Result folders (searched for result.json) or result files."),
-    out: Path = typer.Option(Path("site"), "--out", "-o", help="Site folder (created; an earlier build is replaced)."),
+    results: Optional[list[Path]] = typer.Argument(
+        None, help="Result folders (searched for result.json) or result files. Default: the published store, "
+                   "leaderboard/store."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o",
+        help="Site folder (created; an earlier build is replaced once the new one is complete). Default: "
+             "leaderboard/site when building the store, else site."),
+    cards: Optional[list[Path]] = typer.Option(None, "--cards", help=CARDS_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Build a self-contained static site (index.html + assets, opens from disk) and print index.html's path."""
+    """Build a self-contained static site (index.html + assets, opens from disk) and print index.html's path.
+
+    Measured rows come from the records; every registered card's published numbers appear beside them as the
+    'reported by the authors' layer."""
+    _use_cards(cards)
     _setup_logging(verbose, not verbose)
     from vtbench.leaderboard import build_site
+    from vtbench.leaderboard.store import SITE_DIR, STORE_DIR
+    if not results:
+        if not STORE_DIR.is_dir():
+            _fail(f"{STORE_DIR}: no results store here; run from the repository root (which holds "
+                  "leaderboard/store/) or name result folders: vtbench leaderboard build results/", 2)
+        results, out = [STORE_DIR], out or SITE_DIR
     try:
-        index = build_site(results, out)
+        index = build_site(results, out or Path("site"))
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(str(index))
+
+
+@leaderboard_app.command("add")
+def leaderboard_add(
+    results: list[Path] = typer.Argument(..., help="result.json files, or folders searched for them."),
+    store: Path = typer.Option(Path("leaderboard/store"), "--store", help="The results store."),
+    replace: bool = typer.Option(
+        False, "--replace",
+        help="Replace stored records of the same tokenizer, dataset, protocol and settings that share a metric "
+             "(or have other weights) with a new one."),
+    cards: Optional[list[Path]] = typer.Option(None, "--cards", help=CARDS_HELP),
+) -> None:
+    """Check result records and copy them into the published store (all or nothing).
+
+    Checked: schema version; protocol name, version and settings hash equal to the current protocol's; dataset
+    identity; provenance (vtbench version, timestamps, environment, run fingerprint, weights sha256 where the card
+    has weights); weights sha256 equal to the card's where it pins one; finite metric values; no duplicate of a
+    stored (tokenizer, dataset, protocol, settings) sharing a metric unless --replace. A record that adds other
+    metrics of a stored measurement is kept beside it; the site merges them. Each refusal names the file and why."""
+    _use_cards(cards)
+    from vtbench.leaderboard.store import StoreRefused, add
+    try:
+        done = add(results, store, replace=replace)
+    except StoreRefused as exc:
+        for r in exc.refusals:
+            typer.echo(f"error: {r}", err=True)
+        _fail(f"{len(exc.refusals)} record(s) refused; nothing was added to {store}")
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    for p in done.added:
+        typer.echo(f"added {p}")
+    for p in done.removed:
+        if p not in done.added:
+            typer.echo(f"replaced {p}")
+    for p in dict.fromkeys(done.kept_beside):
+        typer.echo(f"kept beside (other metrics of the same measurement; merged on the site): {p}")
 
 
 @app.command()

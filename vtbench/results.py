@@ -365,15 +365,24 @@ def is_seed_record(path: Path) -> bool:
     return path.parent.name.startswith("seed-") and (path.parent.parent / RESULT_FILE).is_file()
 
 
+def iter_record_paths(root: str | Path) -> list[Path]:
+    """The result files below ``root`` (or ``root`` itself), sorted, per-seed records under a seeds summary and
+    hidden folders (a store's temporary ``.add-*`` folders) left out."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    return [p for p in sorted(root.rglob(RESULT_FILE)) if not is_seed_record(p)
+            and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])]
+
+
 def iter_records(root: str | Path, on_error: Callable[[Path, RecordError], None] | None = None
                  ) -> Iterable[tuple[Path, dict[str, Any]]]:
-    """Every result record below ``root`` (or ``root`` itself), per-seed records under a seeds summary left out.
+    """Every result record below ``root`` (or ``root`` itself), per-seed records under a seeds summary and hidden
+    folders left out.
 
     A malformed file raises ``RecordError`` unless ``on_error`` is given: then it is called with the path and the
     error, and the walk goes on (``warn_skip`` logs it), so one damaged file does not hide every other result."""
-    root = Path(root)
-    paths = [root] if root.is_file() else [p for p in sorted(root.rglob(RESULT_FILE)) if not is_seed_record(p)]
-    for p in paths:
+    for p in iter_record_paths(root):
         try:
             rec = read_record(p)
         except RecordError as exc:

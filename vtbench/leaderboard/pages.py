@@ -1,5 +1,7 @@
-"""One page per tokenizer (``tokenizers/<slug>.html``): card, provenance, every metric with its reason, and
-thumbnails (original, reconstruction, x4 crops of the most detailed region, error map) for each of its runs.
+"""One page per registered tokenizer (``tokenizers/<slug>.html``), and per tokenizer that only records name: card,
+the authors' reported numbers with their calibration against vtbench's measurements, and for each measured run
+every metric with its reason, thumbnails (original, reconstruction, x4 crops of the most detailed region, error
+map), provenance and links to the result records themselves (copied into the site under ``records/``).
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from vtbench.leaderboard.images import ERROR_FULL_SCALE, ZOOM, Thumb
-from vtbench.leaderboard.render import arrow, esc, page
-from vtbench.leaderboard.view import NULL_TEXT, Entry, as_dict, as_text, number
-from vtbench.report import fmt
+from vtbench.leaderboard.render import arrow, calibration_html, esc, page
+from vtbench.leaderboard.reported import Calibration, Reported
+from vtbench.leaderboard.view import NULL_TEXT, Entry, as_dict, as_text, fmt, fmt_reported, number
 
 # Card fields shown under provenance rather than in the card table.
 _PROVENANCE_FIELDS = ("name", "description", "weights", "weights_sha256", "weights_path", "card_path", "published",
@@ -80,7 +82,8 @@ def metrics_table(entry: Entry) -> str:
     for key, m in entry.metrics.items():
         v = number(m.get("value"))
         hib = m.get("higher_is_better")
-        note = as_text(m.get("reason")) or as_text(as_dict(m.get("extra")).get("warning"))
+        note = "; ".join(filter(None, [as_text(m.get("reason")) or as_text(as_dict(m.get("extra")).get("warning")),
+                                       entry.origin_note(key)]))
         value = fmt(v) if v is not None else (NULL_TEXT if m.get("value") is None else as_text(m.get("value")))
         out.append(f"<tr><td class=\"text\">{esc(as_text(m.get('display_name')) or key)}</td>"
                    f"<td class=\"text\"><code>{esc(key)}</code></td><td>{esc(value)}</td>"
@@ -89,6 +92,40 @@ def metrics_table(entry: Entry) -> str:
                    f"<td>{esc(show(m.get('n')))}</td><td class=\"text note\">{esc(note)}</td></tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
+
+
+def reported_table(numbers: list[Reported]) -> str:
+    """The card's published numbers: value, dataset, resolution, setting, protocol note, source, tolerance."""
+    if not numbers:
+        return '<p class="muted">The card states no published numbers.</p>'
+    out = ['<p class="muted">Reported by the authors <span class="mark">R</span>: not measured by vtbench; each '
+           "under the authors' protocol (the note says how it differs from vtbench's).</p>",
+           '<div class="scroll"><table><thead><tr class="cols"><th class="text">Metric</th><th>Value</th>'
+           '<th class="text">Dataset</th><th>Res.</th><th>Setting</th><th>Tolerance</th><th class="text">'
+           'Protocol note</th><th class="text">Source</th></tr></thead><tbody>']
+    for n in numbers:
+        out.append(f'<tr class="reported"><td class="text"><code>{esc(n.metric)}</code></td>'
+                   f"<td>{esc(fmt_reported(n.value))}"
+                   '<span class="mark" title="reported by the authors">R</span></td>'
+                   f'<td class="text">{esc(n.dataset)}</td><td>{esc(n.resolution or NULL_TEXT)}</td>'
+                   f"<td>{esc(fmt_reported(n.setting) if n.setting is not None else NULL_TEXT)}</td>"
+                   f"<td>{esc('±' + fmt_reported(n.tolerance) if n.tolerance is not None else NULL_TEXT)}</td>"
+                   f'<td class="text note">{esc(n.protocol_note or NULL_TEXT)}</td>'
+                   f'<td class="text note">{esc(n.source)}</td></tr>')
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def records_links(links: list[tuple[str, str | None, str]]) -> str:
+    """Links to the result records (and per-image tables) of a run, copied into the site."""
+    if not links:
+        return ""
+    items = []
+    for record, samples, label in links:
+        extra = f' · <a href="../{esc(samples)}">per-image values (CSV)</a>' if samples else ""
+        items.append(f'<li><a href="../{esc(record)}">result record (JSON)</a>{extra} <span class="muted">'
+                     f"{esc(label)}</span></li>")
+    return '<ul class="records">' + "".join(items) + "</ul>"
 
 
 def _img(src: str, alt: str, caption: str, box: tuple[float, float, float, float] | None = None) -> str:
@@ -126,25 +163,46 @@ def thumbs_html(thumbs: list[Thumb]) -> str:
     return "".join(out)
 
 
-def tokenizer_page(entries: list[Entry], thumbs: dict[int, list[Thumb]]) -> str:
-    """The page of one tokenizer; ``entries`` are its runs, ``thumbs`` their assets keyed by ``id(entry)``."""
-    first = entries[0]
-    tok = first.tokenizer
-    card = [(k, v) for k, v in tok.items() if k not in _PROVENANCE_FIELDS]
-    ref = ' <span class="muted">(reference)</span>' if first.reference else ""
+def tokenizer_page(entries: list[Entry], thumbs: dict[int, list[Thumb]], *, name: str | None = None,
+                   card: dict[str, Any] | None = None, reported: list[Reported] | None = None,
+                   calibrations: list[Calibration] | None = None,
+                   records: dict[int, list[tuple[str, str | None, str]]] | None = None) -> str:
+    """The page of one tokenizer. ``entries``: its measured runs (may be empty for a registered tokenizer nobody
+    has run); ``thumbs`` and ``records``: their assets and copied records, keyed by ``id(entry)``; ``card``: the
+    registered card (``TokenizerCard.to_dict()``), used when there is no run; ``reported``: the authors' numbers;
+    ``calibrations``: measured-minus-reported pairs."""
+    first = entries[0] if entries else None
+    tok = first.tokenizer if first else dict(card or {})
+    title = first.name if first else as_text(name or tok.get("name"), "unnamed")
+    card_rows = [(k, v) for k, v in tok.items() if k not in _PROVENANCE_FIELDS]
+    if first is None and tok.get("weights"):  # no run's provenance to show them: the card's weights table
+        card_rows.append(("weights", tok.get("weights")))
+    is_ref = first.reference if first else tok.get("reference") is True
+    ref = ' <span class="muted">(reference)</span>' if is_ref else ""
     body = ['<nav><a href="../index.html">← leaderboard</a></nav>',
-            f"<h1>{esc(first.name)}{ref}</h1>",
-            f'<p class="lead">{esc(tok.get("description") or "")}</p>', "<h2>Card</h2>", kv_table(card)]
-    published = tok.get("published")
-    if published:
-        body += ["<h3>Published numbers</h3>", f"<p><code>{esc(show(published))}</code></p>"]
-    nav = "".join(f'<a href="#run-{i}">{esc(as_text(as_dict(e.record.get("dataset")).get("id")))} · '
-                  f"{esc(e.group_key()[2])} v{esc(e.group_key()[3])}</a>" for i, e in enumerate(entries))
-    body.append(f'<h2>Runs</h2><nav class="toc">{nav}</nav>')
+            f"<h1>{esc(title)}{ref}</h1>",
+            f'<p class="lead">{esc(tok.get("description") or "")}</p>', "<h2>Card</h2>", kv_table(card_rows)]
+    if first is None:
+        body.append('<p class="muted">vtbench has no measured record of this tokenizer yet: the numbers below are '
+                    "the authors'. Measure it with <code>vtbench run -t " + esc(title) + "</code> and publish "
+                    "the record with <code>vtbench leaderboard add</code>.</p>")
+    if reported is not None:
+        body += ["<h2>Reported by the authors</h2>", reported_table(reported)]
+    elif tok.get("published"):
+        body += ["<h3>Published numbers</h3>", f"<p><code>{esc(show(tok.get('published')))}</code></p>"]
+    if calibrations:
+        body.append(calibration_html(calibrations, link_prefix=""))
+    if entries:
+        nav = "".join(f'<a href="#run-{i}">{esc(as_text(as_dict(e.record.get("dataset")).get("id")))} · '
+                      f"{esc(e.group_key()[2])} v{esc(e.group_key()[3])}</a>" for i, e in enumerate(entries))
+        body.append(f'<h2>Runs</h2><nav class="toc">{nav}</nav>')
     for i, e in enumerate(entries):
         task, ds, proto, ver = e.group_key()
+        merged = (f'<p class="muted">{len(e.sources)} records of this measurement, merged metric by metric '
+                  "(newest first).</p>" if len(e.sources) > 1 else "")
         body += [f'<section class="run" id="run-{i}"><h3>{esc(ds)} <span class="muted">· task {esc(task)} · '
-                 f"protocol {esc(proto)} v{esc(ver)}</span></h3>",
+                 f"protocol {esc(proto)} v{esc(ver)}</span></h3>", merged,
+                 records_links((records or {}).get(id(e), [])),
                  "<h4>Metrics</h4>", metrics_table(e), "<h4>Reconstructions</h4>", thumbs_html(thumbs.get(id(e), [])),
                  "<h4>Provenance</h4>", provenance(e), "</section>"]
-    return page(f"{first.name} · vtbench", "\n".join(body), root="../")
+    return page(f"{title} · vtbench", "\n".join(body), root="../")
