@@ -183,3 +183,16 @@ def test_unknown_metric_suggests(image_folder, tmp_path):
     from vtbench.registry import UnknownNameError
     with pytest.raises(UnknownNameError, match="psnr"):
         run(["identity.none"], _cfg(image_folder, tmp_path, metrics=["psnrr"]))
+
+
+def test_fewer_metrics_after_a_full_run_keep_the_earlier_metrics(tmp_path):
+    """`--metrics psnr` after a run with psnr and ssim: the record keeps ssim, marked as carried from that run."""
+    from vtbench.runner import RunConfig, run
+    base = dict(data="embedded/photos", limit=2, out=tmp_path, progress=False, device="cpu")
+    first = run(["jpeg.q50"], RunConfig(metrics=["psnr", "ssim"], **base))[0]
+    second = run(["jpeg.q50"], RunConfig(metrics=["psnr"], **base))[0]
+    assert second["metrics"]["ssim"]["value"] == first["metrics"]["ssim"]["value"]
+    assert second["metrics"]["ssim"]["extra"]["carried_from"]["fingerprint"] == first["run"]["fingerprint"]
+    assert second["run"]["carried_metrics"] == ["ssim"]
+    other = run(["jpeg.q50"], RunConfig(metrics=["psnr"], seed=1, **{**base, "limit": 3}))[0]  # another measurement
+    assert "ssim" not in other["metrics"]

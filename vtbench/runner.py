@@ -40,6 +40,7 @@ from vtbench.results import (
     environment,
     new_record,
     protocol_section,
+    read_record,
     run_dir,
     write_json_atomic,
     write_texts_together,
@@ -394,7 +395,7 @@ class TokenizerRun:
         if self.tok.stochastic:
             run_section["sampling"] = {"seed": self.decode_seed, "per_image_seed": "sha256(seed:id)",
                                        "network_evaluations_per_image": self.tok.network_evaluations()}
-        return new_record(
+        return self._carry_over(new_record(
             created=out.started, finished=out.finished,
             environment=environment(str(self.device)),
             tokenizer={**self.tok.card.to_dict(), **self.tok.provenance()},
@@ -405,7 +406,33 @@ class TokenizerRun:
             timings=out.timings,
             thumbnails=self._thumbnails(),
             run=run_section,
-        )
+        ))
+
+    def _carry_over(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Keep what an earlier run measured: when ``result.json`` holds a record of the same measurement (same
+        tokenizer, weights, data, preprocessing, protocol settings and seed; another metric selection), the
+        metrics this run did not select are carried into the new record (``extra.carried_from`` names the run;
+        ``run.carried_metrics`` lists them), so ``--metrics psnr,ssim,bpp`` after a full run loses no rFID.
+        The per-sample table holds this run's columns only."""
+        from vtbench.leaderboard.store import measurement_key
+        path = self.dir / RESULT_FILE
+        if not path.is_file():
+            return record
+        try:
+            old = read_record(path)
+        except ValueError:
+            return record
+        if measurement_key(old) != measurement_key(record):
+            return record
+        carried = []
+        for key, value in (old.get("metrics") or {}).items():
+            if key not in record["metrics"] and isinstance(value, dict):
+                record["metrics"][key] = {**value, "extra": {**(value.get("extra") or {}), "carried_from": {
+                    "fingerprint": old.get("run", {}).get("fingerprint"), "finished": old.get("finished")}}}
+                carried.append(key)
+        if carried:
+            record["run"]["carried_metrics"] = carried
+        return record
 
     def evaluation(self) -> Evaluation:
         unavailable = null_values(self.unavailable, self.protocol)
