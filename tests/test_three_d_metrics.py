@@ -188,5 +188,7 @@ def test_protocol_file_matches_the_code():
     assert (p.name, p.version, p.task) == ("shape", "1.0", "shape")
     settings = M.ShapeSettings.from_protocol(p.settings)
     assert settings == M.ShapeSettings()
-    assert p.get("metrics.default") == M.metric_keys(settings)
+    assert p.get("metrics.default") == ["shape", "shape_compression", "speed"]
+    from vtbench.three_d.task import ShapeQuality  # the registered shape metric reports every protocol key
+    assert [o.key for o in ShapeQuality.outputs] == M.metric_keys(settings)
     assert p.get("normalisation.policy") == "unit-cube"
