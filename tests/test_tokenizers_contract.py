@@ -30,7 +30,7 @@ def _fast_and_slow(names: list[str]) -> tuple[list[str], list[str]]:
     return fast, slow
 
 
-ALL_CARDS = list_tokenizers()
+ALL_CARDS = list_tokenizers(modality="image")  # shape cards: tests/test_three_d_*.py
 ALL, SWEEP_SETTINGS = _fast_and_slow(ALL_CARDS)
 _BUILT: dict[str, Subject] = {}
 

@@ -37,6 +37,9 @@ from vtbench.registry import UnknownNameError, did_you_mean, load_object
 
 KINDS = ("vq", "rvq", "multiscale", "fsq", "lfq", "scalar", "continuous", "codec", "reference")
 INPUT_RANGES = ("[0,1]", "[-1,1]")
+# what a tokenizer encodes: images (NCHW, the vtbench.tokenizers contract) or 3D shapes (vtbench.three_d codecs:
+# encode(shape) -> Encoded, decode -> mesh); image runs list image cards only
+MODALITIES = ("image", "shape")
 ENV_VAR = "VTBENCH_CARDS"
 ENTRY_POINT_GROUP = "vtbench.cards"
 
@@ -69,6 +72,7 @@ class TokenizerCard:
     # a rate sweep (see SWEEP_FIELDS): on the group variant, the declared sweep; on each generated setting,
     # {"group": "restok.l-128", "param": "num_tokens", "value": 16}
     sweep: dict[str, Any] | None = None
+    modality: str = "image"  # see MODALITIES
     card_path: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -80,7 +84,7 @@ class TokenizerCard:
             "size_multiple": self.size_multiple, "input_range": self.input_range,
             "reference": self.reference, "published": self.published,
             "official_preprocessing": self.official_preprocessing, "sweep": self.sweep,
-            "card_path": self.card_path,
+            "modality": self.modality, "card_path": self.card_path,
         }
 
     @property
@@ -104,7 +108,7 @@ CARD_FIELDS: dict[str, tuple[type, ...]] = {
     "kind": (str,), "entry": (str,), "description": (str,), "source": (str,), "license": (str,),
     "params": (dict,), "weights": (dict,), "native_size": (int,), "size_multiple": (int,),
     "input_range": (str,), "reference": (bool,), "default_run": (bool,), "published": (list,),
-    "official_preprocessing": (dict,), "sweep": (dict,),
+    "official_preprocessing": (dict,), "sweep": (dict,), "modality": (str,),
 }
 # a rate sweep: the variant is evaluated at every value of one adapter parameter (a token count), each setting a
 # tokenizer of its own named ``<variant>-<label><value>`` (``restok.l-128-k16``) with one result record; the
@@ -216,6 +220,8 @@ def parse_card_file(path: str | Path) -> list[TokenizerCard]:
             raise CardError(f"{path}: variant {variant!r} has no 'entry' (module:Class of its adapter)")
         if not _ENTRY.fullmatch(merged["entry"]):
             raise CardError(f"{where}: entry {merged['entry']!r} must be 'package.module:Class' or 'file.py:Class'")
+        if merged.get("modality", "image") not in MODALITIES:
+            raise CardError(f"{where}: modality {merged['modality']!r}; expected one of {MODALITIES}")
         if merged.get("input_range", "[0,1]") not in INPUT_RANGES:
             raise CardError(f"{where}: input_range {merged['input_range']!r}; expected one of {INPUT_RANGES}")
         if merged.get("size_multiple", 1) < 1 or merged.get("native_size", 1) < 1:

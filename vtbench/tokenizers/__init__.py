@@ -24,14 +24,19 @@ def __getattr__(name: str) -> Any:  # PEP 562: ``from vtbench.tokenizers import 
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def list_tokenizers(pattern: str | None = None, *, default_run: bool | None = None) -> list[str]:
-    """Names of all declared variants, optionally filtered by a wildcard pattern or default-run membership."""
+def list_tokenizers(pattern: str | None = None, *, default_run: bool | None = None,
+                    modality: str | None = None) -> list[str]:
+    """Names of all declared variants, optionally filtered by a wildcard pattern, default-run membership or
+    modality (``"image"``: the adapters of this package, ``"shape"``: 3D codecs of ``vtbench.three_d``; None:
+    all). Image runs pass ``modality="image"``."""
     from vtbench.config import all_cards  # (config re-exports vtbench.cards; tests patch it there)
     names = []
     for name, card in sorted(all_cards().items()):
         if pattern and not fnmatch.fnmatch(name, pattern) and not fnmatch.fnmatch(card.family, pattern):
             continue
         if default_run is not None and card.default_run != default_run:
+            continue
+        if modality is not None and card.modality != modality:
             continue
         names.append(name)
     return names
@@ -50,6 +55,10 @@ def tokenizer_from_card(card: TokenizerCard, *, weights: str | Path | None = Non
     """Construct the adapter a card's ``entry`` names (the path ``build_tokenizer`` takes; tests pass scaled cards)."""
     from vtbench.cards import load_entry
     from vtbench.tokenizers.base import Tokenizer
+    if card.modality != "image":
+        raise TypeError(f"{card.card_path}: {card.name} is a {card.modality} tokenizer (modality = "
+                        f"{card.modality!r}), not an image tokenizer: build it with its entry's from_card "
+                        f"({card.entry}) and evaluate it on shapes (vtbench.three_d), not in an image run")
     cls = load_entry(card)
     if not (isinstance(cls, type) and issubclass(cls, Tokenizer)):
         raise TypeError(f"{card.card_path}: entry {card.entry!r} is not a vtbench Tokenizer subclass")
