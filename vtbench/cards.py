@@ -37,6 +37,9 @@ from vtbench.registry import UnknownNameError, did_you_mean, load_object
 
 KINDS = ("vq", "rvq", "multiscale", "fsq", "lfq", "scalar", "continuous", "codec", "reference")
 INPUT_RANGES = ("[0,1]", "[-1,1]")
+# what a tokenizer encodes: images (NCHW, the vtbench.tokenizers contract) or 3D shapes (vtbench.three_d codecs:
+# encode(shape) -> Encoded, decode -> mesh); image runs list image cards only
+MODALITIES = ("image", "shape")
 ENV_VAR = "VTBENCH_CARDS"
 ENTRY_POINT_GROUP = "vtbench.cards"
 
@@ -107,7 +110,6 @@ CARD_FIELDS: dict[str, tuple[type, ...]] = {
     "input_range": (str,), "reference": (bool,), "default_run": (bool,), "published": (list,),
     "official_preprocessing": (dict,), "sweep": (dict,), "modality": (str,),
 }
-MODALITIES = ("image", "shape")
 # a rate sweep: the variant is evaluated at every value of one adapter parameter (a token count), each setting a
 # tokenizer of its own named ``<variant>-<label><value>`` (``restok.l-128-k16``) with one result record; the
 # variant's own name runs its ``params`` value (the full rate), and ``vtbench run --sweep`` runs them all

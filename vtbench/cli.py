@@ -904,6 +904,41 @@ def probe(
         typer.echo(f"result: {path}", err=True)
 
 
+@app.command("train-vat")
+def train_vat_cmd(
+    out_dir: Path = typer.Argument(..., help="Folder for checkpoint.pt, vat.safetensors and summary.json."),
+    shapes: str = typer.Option("embedded", "--shapes",
+                               help="Training shapes (open_shapes spec: 'embedded', a folder or a file); "
+                                    "'none' for the procedural family alone."),
+    steps: int = typer.Option(2000, "--steps"),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    procedural: float = typer.Option(0.25, "--procedural", help="Probability that a batch slot is a procedural shape."),
+    config: Optional[Path] = typer.Option(None, "--config", help="JSON file of VATConfig fields (architecture)."),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every"),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop once this many steps are done."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT_DIR/checkpoint.pt."),
+    threads: int = typer.Option(1, "--threads", help="torch threads (results reproduce for a fixed count)."),
+) -> None:
+    """Train a VAT 3D shape tokenizer (vtbench.three_d.vat_train): resumable, seeded; summary JSON on stdout."""
+    cfg = None
+    if config is not None:
+        try:
+            cfg = json.loads(config.read_text())
+        except (OSError, ValueError) as exc:
+            _fail(f"--config {config}: cannot read a JSON object of VATConfig fields ({exc})", 2)
+    from vtbench.three_d.vat_train import train_vat
+    command = "vtbench train-vat " + " ".join(sys.argv[2:])
+    try:
+        summary = train_vat(out_dir, None if shapes == "none" else shapes, steps, seed, config=cfg,
+                            batch_size=batch_size, lr=lr, procedural=procedural, checkpoint_every=checkpoint_every,
+                            stop_after=stop_after, resume=resume, threads=threads, command=command)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    typer.echo(json.dumps(summary, indent=2, sort_keys=True))
+
+
 def main() -> None:  # console-script entry point
     app()
 

@@ -6,6 +6,9 @@
   per-shape values and a streaming accumulator.
 - :mod:`vtbench.three_d.codecs`: Draco (real bytes), an octree occupancy tokenizer and a dense voxel grid, each
   ``encode(shape) -> Encoded`` (payload, bits, tokens) and ``decode(encoded) -> mesh``.
+- :mod:`vtbench.three_d.vat`: VAT, a learned shape tokenizer (vtbench's implementation of arXiv:2412.02202) with
+  the same codec interface (card ``tokenizers/vat.toml``); :mod:`vtbench.three_d.vat_train` trains it
+  (``vtbench train-vat``). These need torch (and manifold3d to train).
 
 The modules need trimesh, DracoPy, libigl, scikit-image and scipy (imported inside the functions that use them);
 importing this package imports none of them.

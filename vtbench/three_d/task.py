@@ -71,6 +71,39 @@ class CodecTokenizer(ShapeTokenizer):
         return {**super().provenance(), "codec": self.codec.describe()}
 
 
+class WrappedCodec(ShapeTokenizer):
+    """A card whose entry is a ``vtbench.three_d`` codec class with ``from_card`` (VAT) rather than a
+    ``ShapeTokenizer``: the codec's ``encode``/``decode`` and its weights' provenance."""
+
+    def __init__(self, card: Any, codec: Any):
+        super().__init__(card, "cpu")
+        self.codec = codec
+        self.weights_path = getattr(codec, "weights_path", None)
+        self.weights_sha256 = getattr(codec, "weights_sha256", None)
+
+    def encode_shape(self, shape: Any) -> Any:
+        return self.codec.encode(shape)
+
+    def decode_shape(self, encoded: Any) -> Any:
+        return self.codec.decode(encoded)
+
+    def provenance(self) -> dict[str, Any]:
+        describe = getattr(self.codec, "describe", None)
+        return {**super().provenance(), "codec": describe() if callable(describe) else repr(self.codec)}
+
+
+def build_shape_tokenizer(name: str, *, weights: Any = None, trust: bool = False) -> ShapeTokenizer:
+    """The shape tokenizer a card names: a ``ShapeTokenizer`` entry, or a codec class with ``from_card``."""
+    from vtbench.cards import load_entry
+    from vtbench.config import get_card
+    from vtbench.tokenizers import tokenizer_from_card
+    card = get_card(name)
+    cls = load_entry(card)
+    if isinstance(cls, type) and issubclass(cls, Tokenizer):
+        return tokenizer_from_card(card, weights=weights, trust=trust, device="cpu")
+    return WrappedCodec(card, cls.from_card(card, weights=weights, trust=trust, device="cpu"))
+
+
 # ---------------------------------------------------------------------------------------------- batches
 
 
@@ -359,7 +392,6 @@ def run_shapes(tokenizers: list[str], cfg: Any, protocol: Any,
     from vtbench.runner import metric_config, null_values, selected_metrics, thumbnail_ids
     from vtbench.three_d.data import open_shapes
     from vtbench.three_d.metrics import ShapeSettings, iou_query_points
-    from vtbench.tokenizers import build_tokenizer
 
     for name in tokenizers:
         card = get_card(name)
@@ -377,7 +409,7 @@ def run_shapes(tokenizers: list[str], cfg: Any, protocol: Any,
     previews = thumbnail_ids(list(ds.ids), cfg.thumbnails)
     records = []
     for name in tokenizers:
-        tok = build_tokenizer(name, weights=cfg.weights, trust=cfg.trust_checkpoint, device="cpu")
+        tok = build_shape_tokenizer(name, weights=cfg.weights, trust=cfg.trust_checkpoint)
         job = ShapeRun(tok, ds, cfg, protocol, names, settings, query, previews)
         metrics, unavailable = {}, {}
         for n in names:  # each metric through its context; the shape metrics get the protocol's settings
@@ -401,5 +433,5 @@ def run_shapes(tokenizers: list[str], cfg: Any, protocol: Any,
     return records
 
 
-__all__ = ["CodecTokenizer", "ShapeBatch", "ShapeCompression", "ShapeQuality", "ShapeRun", "ShapeTokenizer",
+__all__ = ["CodecTokenizer", "WrappedCodec", "build_shape_tokenizer", "ShapeBatch", "ShapeCompression", "ShapeQuality", "ShapeRun", "ShapeTokenizer",
            "render_png", "run_shapes"]

@@ -54,6 +54,10 @@ def tokenizer_from_card(card: TokenizerCard, *, weights: str | Path | None = Non
     """Construct the adapter a card's ``entry`` names (the path ``build_tokenizer`` takes; tests pass scaled cards)."""
     from vtbench.cards import load_entry
     from vtbench.tokenizers.base import Tokenizer
+    if card.modality != "image":
+        raise TypeError(f"{card.card_path}: {card.name} is a {card.modality} tokenizer (modality = "
+                        f"{card.modality!r}), not an image tokenizer: build it with its entry's from_card "
+                        f"({card.entry}) and evaluate it on shapes (vtbench.three_d), not in an image run")
     cls = load_entry(card)
     if not (isinstance(cls, type) and issubclass(cls, Tokenizer)):
         raise TypeError(f"{card.card_path}: entry {card.entry!r} is not a vtbench Tokenizer subclass")
