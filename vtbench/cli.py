@@ -523,6 +523,8 @@ def ls_tokenizers(pattern: Optional[str] = typer.Argument(None), as_json: bool =
                   settings: bool = typer.Option(False, "--settings",
                                                 help="List every setting of a rate sweep (default: one row per sweep "
                                                      "with a count)."),
+                  task: str = typer.Option("image", "--task",
+                                           help="image (default) or shape: which track's tokenizers to list."),
                   cards_opt: Optional[list[Path]] = typer.Option(None, "--cards", help=CARDS_HELP)) -> None:
     """Declared tokenizer variants (tokenizers/*.toml, plus --cards, $VTBENCH_CARDS and plugins)."""
     _use_cards(cards_opt)
@@ -530,7 +532,10 @@ def ls_tokenizers(pattern: Optional[str] = typer.Argument(None), as_json: bool =
     from vtbench.tokenizers import list_tokenizers
     from vtbench.tokenizers.weights import local_weights
     cards = all_cards()
-    names = list_tokenizers(pattern)
+    if task not in ("image", "shape"):
+        _fail(f"--task {task!r}: expected image or shape", 2)
+    names = list_tokenizers(pattern, modality=task)
+    other = len(list_tokenizers(pattern, modality="shape" if task == "image" else "image"))
     found = {n: local_weights(cards[n].weights) for n in names}
     if as_json:
         typer.echo(json.dumps([{"name": n, "kind": cards[n].kind, "default_run": cards[n].default_run,
@@ -549,8 +554,11 @@ def ls_tokenizers(pattern: Optional[str] = typer.Argument(None), as_json: bool =
     console = Console()
     t = Table("tokenizer", "kind", "default", "weights", "sweep", *(["weights file", "description"] if long else []),
               box=box.SIMPLE_HEAD, caption_justify="left",
-              caption=f"{len(names)} tokenizers" + (f" ({len(folded)} sweep settings folded; --settings)"
-                                                   if folded else "") + ("" if long else "; --long: descriptions"))
+              caption=f"{len(names)} {task} tokenizers" + (f" ({len(folded)} sweep settings folded; --settings)"
+                                                         if folded else "")
+              + ("" if long else "; --long: descriptions")
+              + (f"; {other} {'shape' if task == 'image' else 'image'} tokenizers: --task "
+                 f"{'shape' if task == 'image' else 'image'}" if other else ""))
     t.columns[0].no_wrap = True
     for n in names:
         if n in folded:

@@ -433,5 +433,6 @@ def run_shapes(tokenizers: list[str], cfg: Any, protocol: Any,
     return records
 
 
-__all__ = ["CodecTokenizer", "WrappedCodec", "build_shape_tokenizer", "ShapeBatch", "ShapeCompression", "ShapeQuality", "ShapeRun", "ShapeTokenizer",
+__all__ = ["CodecTokenizer", "ShapeBatch", "ShapeCompression", "ShapeQuality", "ShapeRun", "ShapeTokenizer",
+           "WrappedCodec", "build_shape_tokenizer",
            "render_png", "run_shapes"]
