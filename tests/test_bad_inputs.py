@@ -884,6 +884,13 @@ def test_fid_warns_on_small_n(tmp_path):
     assert "warning: FID on 50 < 2048 images" in r.output
 
 
+def test_fid_on_an_empty_statistics_file_is_an_error_not_aborted(tmp_path):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.savez(tmp_path / "b.npz", mu=np.zeros(8), sigma=np.eye(8))
+    r = runner.invoke(app, ["fid", str(tmp_path / "empty.npz"), str(tmp_path / "b.npz")])
+    assert r.exit_code == 1 and "empty.npz" in r.output and "Aborted" not in r.output
+
+
 def test_overall_progress_across_tokenizers(tmp_path, caplog):
     import logging
     with caplog.at_level(logging.INFO, logger="vtbench"):
