@@ -682,7 +682,7 @@ def _cli(*args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_kill_9_then_the_same_command_resumes_to_identical_numbers(tmp_path):
-    data = _folder(tmp_path / "d", 24, size=32)
+    data = _folder(tmp_path / "d", 300, size=32)  # long enough (batch 1) to be killed between checkpoints
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VTBENCH_OFFLINE": "1"}
     args = ["run", "-t", "tiny.vq", "-d", str(data), "--metrics", "psnr,ssim", "--preprocess", "native",
             "-b", "1", "--workers", "0", "-q"]
@@ -691,19 +691,20 @@ def test_kill_9_then_the_same_command_resumes_to_identical_numbers(tmp_path):
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not list((tmp_path / "out").rglob("progress.pt")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+        time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert list((tmp_path / "out").rglob("progress.pt")), "the run ended before a checkpoint; make it longer"
-    done = subprocess.run(_cli(*args, "-o", str(tmp_path / "out")), env=env, capture_output=True, text=True)
+    done = subprocess.run(_cli(*args[:-1], "-o", str(tmp_path / "out")), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert "items already done" in " ".join(done.stderr.split())  # resumed, not started over
     a, b = (read_record(next((tmp_path / d).rglob("result.json"))) for d in ("out", "clean"))
     assert _values(a) == _values(b)
 
 
 @pytest.mark.slow
 def test_two_processes_into_one_out_do_not_corrupt_each_other(tmp_path):
-    data = _folder(tmp_path / "d", 24, size=32)
+    data = _folder(tmp_path / "d", 200, size=32)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VTBENCH_OFFLINE": "1"}
     args = _cli("run", "-t", "tiny.vq", "-d", str(data), "--metrics", "psnr", "--preprocess", "native", "-b", "1",
                 "--workers", "0", "-q", "-o", str(tmp_path / "out"))
@@ -881,6 +882,13 @@ def test_fid_warns_on_small_n(tmp_path):
     assert "50 < 2048 images" in json.loads(r.stdout)["warning"]
     r = runner.invoke(app, ["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz")])
     assert "warning: FID on 50 < 2048 images" in r.output
+
+
+def test_fid_on_an_empty_statistics_file_is_an_error_not_aborted(tmp_path):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.savez(tmp_path / "b.npz", mu=np.zeros(8), sigma=np.eye(8))
+    r = runner.invoke(app, ["fid", str(tmp_path / "empty.npz"), str(tmp_path / "b.npz")])
+    assert r.exit_code == 1 and "empty.npz" in r.output and "Aborted" not in r.output
 
 
 def test_overall_progress_across_tokenizers(tmp_path, caplog):

@@ -276,6 +276,9 @@ def fid(
         _fail(exc.reason)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
+    except (EOFError, OSError) as exc:  # e.g. an empty .npz (click would print a bare "Aborted.")
+        _fail(f"cannot read {a} or {b} ({type(exc).__name__}: {exc or 'the file ends early'}); check that each is "
+              f"a complete image folder or .npz statistics file (mu, sigma)")
     warning = small_n_warning(res.get("n_a"), res.get("n_b"))
     if warning:
         typer.echo(f"warning: {warning}", err=True)
@@ -894,6 +897,8 @@ def probe(
         _fail(exc.reason)
     except (FileNotFoundError, ValueError, CheckpointMismatch, RuntimeError) as exc:
         _fail(str(exc))
+    except (EOFError, OSError) as exc:  # click would print a bare "Aborted." for an EOFError
+        _fail(f"{type(exc).__name__}: {exc or 'unexpected end of a file'} (see the messages above for the file)")
     if record is None:  # a torchrun rank other than 0
         return
     from vtbench.gfid import metric_key

@@ -57,6 +57,7 @@ PROGRESS_FILE = "progress.pt"
 LOCK_FILE = "run.lock"
 # below this much free space a run warns (results, thumbnails and a resume file of a large run need some room)
 LOW_SPACE_BYTES = 256 << 20
+_LOW_SPACE_WARNED: set[str] = set()
 
 
 class OutputNotWritableError(RuntimeError):
@@ -105,7 +106,8 @@ def check_writable(folder: Path, what: str = "results folder") -> None:
         free = shutil.disk_usage(folder).free
     except OSError:
         return
-    if free < LOW_SPACE_BYTES:
+    if free < LOW_SPACE_BYTES and str(folder.parent) not in _LOW_SPACE_WARNED:  # once per place, not per run
+        _LOW_SPACE_WARNED.add(str(folder.parent))
         log.warning("%s %s: only %.0f MB free; a run that fills the disk stops with its progress kept",
                     what, folder, free / 1e6)
 

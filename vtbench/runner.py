@@ -47,6 +47,7 @@ from vtbench.results import (
 )
 from vtbench.tokenizers import Tokenizer, UnsupportedResolutionError, build_tokenizer
 from vtbench.tokenizers.base import image_seeds
+from vtbench.tokenizers.weights import MissingWeightsError, UntrustedCheckpointError, WeightsMismatchError
 
 log = logging.getLogger("vtbench")
 
@@ -445,7 +446,8 @@ class TokenizerRun:
     def run(self) -> dict[str, Any]:
         return self.evaluation().run()
 
-    def failed_record(self, reason: str, n_done: int) -> dict[str, Any]:
+    def failed_record(self, reason: str, n_done: int, skipped: list[dict[str, str]] | None = None
+                      ) -> dict[str, Any]:
         """The record of a run that could not finish (the tokenizer produced NaN/Inf pixels): every selected metric
         null with ``reason``, ``run.failed`` set (so the next run tries again rather than reusing it), written with
         an empty per-sample table. ``n_used`` counts the images evaluated before the failure."""
@@ -454,7 +456,8 @@ class TokenizerRun:
             values.update(METRICS.get(name.partition("@")[0]).unavailable(reason, n_done,
                                                                             **metric_config(name, self.protocol)))
         now = datetime.now(timezone.utc).isoformat()
-        record = self._record(Outcome(values=values, n_used=n_done, skipped=[], timings=dict(self.timings),
+        record = self._record(Outcome(values=values, n_used=n_done, skipped=list(skipped or []),
+                                      timings=dict(self.timings),
                                       started=now, finished=now))
         record["run"].update(fingerprint=self.fingerprint, failed={"reason": reason})
         if distributed.is_main():
@@ -504,8 +507,8 @@ class PartialRunError(RuntimeError):
 
 
 # errors that belong to one tokenizer (its weights, its outputs): the run records them and goes on to the next
-_PER_TOKENIZER = ("MissingWeightsError", "WeightsMismatchError", "UntrustedCheckpointError",
-                  "UnsupportedResolutionError", "NonFiniteOutputError")
+_PER_TOKENIZER = (MissingWeightsError, WeightsMismatchError, UntrustedCheckpointError, UnsupportedResolutionError,
+                  NonFiniteOutputError)
 
 
 def _clock(seconds: float) -> str:
@@ -535,7 +538,7 @@ def _guarded(tr: TokenizerRun) -> dict[str, Any]:
         kept = ev.progress_path if ev.progress_path is not None and ev.progress_path.is_file() else None
         reason = f"{exc}; no metric is reported for this tokenizer" + (
             f" ({len(ev.done)} images done before it are kept in {kept})" if kept else "")
-        record = tr.failed_record(reason, len(ev.done) - len(ev.skipped))
+        record = tr.failed_record(reason, len(ev.done) - len(ev.skipped), ev.skipped)
         exc.record = record  # type: ignore[attr-defined]
         exc.args = (f"{reason}; recorded in {tr.dir / RESULT_FILE}",)
         raise
@@ -594,7 +597,7 @@ def run(tokenizers: list[str], cfg: RunConfig,
         try:
             record = _evaluate(name, cfg, dataset, protocol, names, device)
         except Exception as exc:
-            if total == 1 or type(exc).__name__ not in _PER_TOKENIZER:
+            if total == 1 or not isinstance(exc, _PER_TOKENIZER):
                 raise
             failures[name] = str(exc).removeprefix(f"{name}: ")
             log.error("%s failed, going on with the others: %s", name, exc)
