@@ -198,6 +198,10 @@ def _apply_stand_ins(name: str, samples: Samples, tmp_path: Path, monkeypatch) -
     elif name == "lpips":
         _lpips_stand_in(tmp_path, monkeypatch)
     elif name == "generation":
+        # import the gFID package before the patch: its modules bind FEATURE_DIM at import, and a 64 bound then
+        # would outlive this test (the probe's reference then expects 64-d features)
+        import vtbench.gfid.reference  # noqa: F401
+        import vtbench.gfid.scoring  # noqa: F401
         monkeypatch.setattr("vtbench.metrics.inception.FEATURE_DIM", ProjectionExtractor.DIM)
         monkeypatch.setattr("vtbench.metrics.inception.SPATIAL_DIM", GenerationExtractor.SPATIAL)
     elif name in ("text", "ocr"):

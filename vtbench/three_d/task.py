@@ -96,12 +96,10 @@ def build_shape_tokenizer(name: str, *, weights: Any = None, trust: bool = False
     """The shape tokenizer a card names: a ``ShapeTokenizer`` entry, or a codec class with ``from_card``."""
     from vtbench.cards import load_entry
     from vtbench.config import get_card
-    from vtbench.tokenizers import tokenizer_from_card
     card = get_card(name)
     cls = load_entry(card)
-    if isinstance(cls, type) and issubclass(cls, Tokenizer):
-        return tokenizer_from_card(card, weights=weights, trust=trust, device="cpu")
-    return WrappedCodec(card, cls.from_card(card, weights=weights, trust=trust, device="cpu"))
+    built = cls.from_card(card, weights=weights, trust=trust, device="cpu")
+    return built if isinstance(built, ShapeTokenizer) else WrappedCodec(card, built)
 
 
 # ---------------------------------------------------------------------------------------------- batches
