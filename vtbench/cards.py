@@ -190,9 +190,11 @@ def parse_card_file(path: str | Path) -> list[TokenizerCard]:
     """The variants declared by one card file; ``CardError`` (a ``ValueError``) names file, variant and key."""
     path = Path(path)
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise CardError(f"{path}: invalid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise CardError(f"{path}: not UTF-8 text (byte {exc.start}); save the card as UTF-8") from None
     family = doc.get("family", path.stem)
     if not isinstance(family, str) or not re.fullmatch(r"[A-Za-z0-9][\w-]*", family):
         raise CardError(f"{path}: family {family!r} must be a name of letters, digits, '_' and '-'")
