@@ -212,6 +212,13 @@ class ShapeCompression(Metric):
                Output("compression_ratio_stored", "Ratio vs stored", "x", True),
                Output("compression_ratio_reference", "Ratio vs PLY", "x", True))
 
+    @classmethod
+    def from_context(cls, ctx: MetricContext) -> "ShapeCompression":
+        if ctx.settings.get("shape_settings") is None:
+            from vtbench.metrics.base import MetricUnavailable
+            raise MetricUnavailable("shape compression scores shapes: run it with --task shape")
+        return cls()
+
     def __init__(self) -> None:
         super().__init__()
         for s in ("n", "bits", "stored_bits", "reference_bits", "tokens", "n_tokens"):
