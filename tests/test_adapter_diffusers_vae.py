@@ -94,7 +94,7 @@ def test_subfolder_from_weights_dir_16_channels_no_quant_conv(tmp_path, monkeypa
 
 def test_missing_diffusers_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ImportError
-    with pytest.raises(ImportError, match=r"pip install 'vtbench\[diffusers\]'"):
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[diffusers\]"'):
         import_autoencoder_kl()
 
 

@@ -300,7 +300,7 @@ def test_cli_weights_convert_then_run_loads_without_trust(tmp_path):
     torch.save({"state_dict": sd, "cb": _Callback("x")}, src)
     r = CliRunner().invoke(app, ["weights", "convert", str(src), "--json"])  # inert read: no trust needed
     assert r.exit_code == 0, r.output
-    summary = json.loads(r.output)
+    summary = json.loads(r.stdout)
     assert summary["load_mode"] == "inert" and Path(summary["output"]) == tmp_path / "m.safetensors"
     got = load_official_checkpoint(tmp_path / "m.safetensors")
     assert got.mode == "safetensors" and torch.equal(got.obj["state_dict"]["w"], sd["w"])

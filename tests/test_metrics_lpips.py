@@ -189,7 +189,7 @@ def test_missing_linear_heads_without_package(alex_files, monkeypatch):
     monkeypatch.setattr(vl, "_lpips_package_dir", lambda: None)
     with pytest.raises(MetricUnavailable) as err:
         LPIPSMetric()
-    assert "alex.pth" in err.value.reason and "pip install lpips" in err.value.reason
+    assert "alex.pth" in err.value.reason and 'pip install -e ".[lpips]"' in err.value.reason
     assert vl.LIN_ENV in err.value.reason
 
 
@@ -323,7 +323,7 @@ def test_failed_download_is_null_with_the_reason_and_not_retried(online, isolate
 def test_no_download_when_the_linear_heads_are_missing(online, monkeypatch):
     monkeypatch.delenv(vl.LIN_ENV)
     monkeypatch.setattr(vl, "_lpips_package_dir", lambda: None)
-    with pytest.raises(MetricUnavailable, match="pip install lpips"):
+    with pytest.raises(MetricUnavailable, match=r'pip install -e "\.\[lpips\]"'):
         LPIPSMetric("alex")
     assert online["calls"] == []
 

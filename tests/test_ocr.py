@@ -98,7 +98,7 @@ def test_missing_package_names_the_pip_command(monkeypatch, module, name):
     monkeypatch.setitem(sys.modules, module, None)  # import of `module` now raises ImportError
     with pytest.raises(ocr.OCRUnavailable) as info:
         ocr.get_engine(name)
-    assert "pip install 'vtbench[ocr]'" in str(info.value)
+    assert 'pip install -e ".[ocr]"' in str(info.value)  # the README's line (vtbench.extras.install_hint)
     assert info.value.reason == str(info.value)
 
 

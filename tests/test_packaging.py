@@ -109,7 +109,8 @@ def test_installed_wheel_finds_its_declarations(installed, tmp_path):
                          VTBENCH_HOME=str(tmp_path / "home")).stdout.strip()
     assert home == str(tmp_path / "home" / "tokenizers")  # the override still wins over the wheel's copy
 
-    rows = json.loads(run_installed(installed, tmp_path, "-m", "vtbench.cli", "ls", "tokenizers", "--json").stdout)
+    rows = [row for task in ("image", "shape") for row in json.loads(run_installed(
+        installed, tmp_path, "-m", "vtbench.cli", "ls", "tokenizers", "--task", task, "--json").stdout)]
     assert sorted(t["name"] for t in rows) == sorted(all_cards()) and len(rows) > 10  # the checkout's cards
     bundled = {t["name"]: t["weights_local"] for t in rows if t["name"].startswith("tiny.")}
     assert bundled and all(Path(p).is_relative_to(shipped / "tokenizers" / "weights") for p in bundled.values())

@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 import typer
 
+from vtbench.extras import MissingExtra
+
 app = typer.Typer(add_completion=False, no_args_is_help=False, help="Benchmark and evaluate visual tokenizers.",
                   pretty_exceptions_enable=False)
 ls_app = typer.Typer(help="List tokenizers, metrics, protocols or preprocessing policies.")
@@ -211,7 +213,7 @@ def run(
         _fail(str(exc), 2)
     except PartialRunError as exc:  # the finished tokenizers are reported below, then exit 1
         records, failed = exc.records, str(exc)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError, MissingExtra) as exc:
         _fail(str(exc))
     except (EOFError, OSError) as exc:  # click would print a bare "Aborted." for an EOFError
         _fail(f"{type(exc).__name__}: {exc or 'unexpected end of a file'} (see the messages above for the file)")
@@ -377,7 +379,7 @@ def gfid(
         _fail(str(exc), 2)
     except MetricUnavailable as exc:
         _fail(exc.reason)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError, MissingExtra) as exc:
         _fail(str(exc))
     path = result_path(out, rec["dataset"], rec["tokenizer"]["name"], rec["run"]["resize"])
     metrics = rec["metrics"]
@@ -895,7 +897,7 @@ def probe(
         _fail(str(exc), 2)
     except MetricUnavailable as exc:
         _fail(exc.reason)
-    except (FileNotFoundError, ValueError, CheckpointMismatch, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, CheckpointMismatch, RuntimeError, MissingExtra) as exc:
         _fail(str(exc))
     except (EOFError, OSError) as exc:  # click would print a bare "Aborted." for an EOFError
         _fail(f"{type(exc).__name__}: {exc or 'unexpected end of a file'} (see the messages above for the file)")
@@ -944,10 +946,12 @@ def train_vat_cmd(
     from vtbench.three_d.vat_train import train_vat
     command = "vtbench train-vat " + " ".join(sys.argv[2:])
     try:
+        from vtbench.extras import require
+        require("trimesh", "3d", "vtbench train-vat")
         summary = train_vat(out_dir, None if shapes == "none" else shapes, steps, seed, config=cfg,
                             batch_size=batch_size, lr=lr, procedural=procedural, checkpoint_every=checkpoint_every,
                             stop_after=stop_after, resume=resume, threads=threads, command=command)
-    except ValueError as exc:
+    except (ValueError, MissingExtra) as exc:
         _fail(str(exc), 2)
     typer.echo(json.dumps(summary, indent=2, sort_keys=True))
 

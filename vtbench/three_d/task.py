@@ -388,6 +388,14 @@ def _version(pkg: str) -> str | None:
         return None
 
 
+def require_3d() -> None:
+    """Fail first, with the install line, when a package of the ``3d`` extra is missing (not mid-run)."""
+    from vtbench.extras import require
+
+    for module in ("trimesh", "igl", "skimage", "DracoPy"):
+        require(module, "3d")
+
+
 def run_shapes(tokenizers: list[str], cfg: Any, protocol: Any,
                on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """``vtbench run --task shape``: every shape tokenizer over the shape dataset, through the evaluation core."""
@@ -398,6 +406,7 @@ def run_shapes(tokenizers: list[str], cfg: Any, protocol: Any,
     from vtbench.three_d.data import open_shapes
     from vtbench.three_d.metrics import ShapeSettings, iou_query_points
 
+    require_3d()
     for name in tokenizers:
         card = get_card(name)
         if card.modality != "shape":

@@ -12,7 +12,7 @@ under the same protocol as the tokenizers to show what a continuous latent of a 
 - Cost: the latent is stored as float16 (``params.latent_bits = 16``; 32 keeps float32) and the bits are
   latent elements x ``latent_bits``; ``tokens_per_image`` is the number of latent positions (h x w), with
   ``meta["token_views"]["scalars"]`` = elements.
-- diffusers is an optional dependency: ``pip install 'vtbench[diffusers]'``.
+- diffusers is an optional dependency: the ``diffusers`` extra (``pip install -e ".[diffusers]"``).
 """
 
 from __future__ import annotations
@@ -33,14 +33,9 @@ WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.
 
 def import_autoencoder_kl() -> Any:
     """diffusers' ``AutoencoderKL`` class, or an ImportError that names the extra to install."""
-    try:
-        from diffusers import AutoencoderKL
-    except ImportError as exc:
-        raise ImportError(
-            f"the continuous VAE references (vae.*) need diffusers (>= 0.30), which is not installed ({exc}); "
-            f"install it with: pip install 'vtbench[diffusers]'"
-        ) from None
-    return AutoencoderKL
+    from vtbench.extras import require
+
+    return require("diffusers", "diffusers", "the continuous VAE references (vae.*)").AutoencoderKL
 
 
 class DiffusersVAETokenizer(Tokenizer):

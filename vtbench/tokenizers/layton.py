@@ -33,7 +33,7 @@ is built on the meta device from the configs below (``SDXL_UNET``, ``SDXL_VAE``;
 tensors are assigned to it in one strict pass. ``params.load_decoder = false`` builds only the encoder (tokens on a
 CPU machine; ``decode`` then raises). ``params.dtype`` sets the UNet and ControlNet dtype (float32 as the official
 code; bfloat16 / float16 to save memory); the encoder and the VAE stay float32. diffusers is an optional
-dependency: ``pip install 'vtbench[diffusers]'``.
+dependency: the ``diffusers`` extra.
 """
 
 from __future__ import annotations
@@ -88,12 +88,9 @@ RESIZE_MODES = ("bicubic", "bilinear", "area")
 
 def import_diffusers() -> Any:
     """The diffusers module, or an ImportError that names the extra to install."""
-    try:
-        import diffusers
-    except ImportError as exc:
-        raise ImportError(f"layton.* needs diffusers (>= 0.30), which is not installed ({exc}); install it with: "
-                          f"pip install 'vtbench[diffusers]'") from None
-    return diffusers
+    from vtbench.extras import require
+
+    return require("diffusers", "diffusers", "layton.* (its KL decoder)")
 
 
 # -- LoRA in peft's parameter layout ------------------------------------------------------------------------------
