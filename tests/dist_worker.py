@@ -22,3 +22,46 @@ def evaluate(rank: int, world: int, init: str, out: str, tokenizers: list[str], 
         pass
     finally:
         torch.distributed.destroy_process_group()
+
+
+def local_evaluation(rank: int, world: int, init: str, out: str) -> None:
+    """Rank 0 scores samples alone (``Evaluation(local=True)``, as the AR probe's rank 0 does) while rank 1 waits
+    at a barrier: a collective inside the core would mismatch the barrier and fail within the short timeout."""
+    from datetime import timedelta
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                                         timeout=timedelta(seconds=30))
+    try:
+        if rank == 0:
+            from vtbench.evaluation import Evaluation
+            from vtbench.gfid.scoring import SampleSource
+            from vtbench.metrics.base import Metric, Output
+
+            class PixelSum(Metric):
+                name = "pixel_sum"
+                outputs = (Output("pixel_sum", "pixel sum"),)
+
+                def __init__(self) -> None:
+                    super().__init__()
+                    self.add_state("total", torch.zeros((), dtype=torch.float64), "sum")
+                    self.add_state("seen", torch.zeros(0), "cat")
+
+                def update(self, batch):
+                    self.total += batch.reconstruction.double().sum()
+                    self.seen.append(batch.index.float())
+                    return {}
+
+                def compute(self):
+                    n = sum(len(s) for s in self.seen) if isinstance(self.seen, list) else len(self.seen)
+                    return {"pixel_sum": self.value("pixel_sum", float(self.total), n)}
+
+            g = torch.Generator().manual_seed(0)
+            samples = [torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8, generator=g) for _ in range(3)]
+            got = Evaluation(source=SampleSource(samples), metrics={"pixel_sum": PixelSum()}, fingerprint="t",
+                             progress=False, local=True).run()
+            v = got.values["pixel_sum"]
+            Path(out).write_text(f"{v.value} {v.n} {float(sum(s.double().sum() for s in samples))}")
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()

@@ -129,4 +129,21 @@ def test_torchrun_command_line(tmp_path, world):
     a, b = _values(out), _values(ref)
     assert a.keys() == b.keys()
     for k in a:
-        assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), k
+        if b[k] is None:  # null with a reason in both (e.g. a metric without its weights)
+            assert a[k] is None, k
+        elif k[0].startswith("tiny.") or k[1] == "rfid":  # learned tokenizers and rFID: see the test above
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-9), k
+        else:  # codecs: float64 sums in another order
+            assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-9), k
+
+
+def test_a_local_evaluation_on_one_rank_makes_no_collective(tmp_path):
+    """The AR probe's rank 0 scores its samples alone under torchrun: ``Evaluation(local=True)`` neither shards,
+    gathers nor syncs metric states, so the other ranks (waiting at a barrier) are not needed and the value is
+    the whole sum (the slow ``test_probe_torchrun_two_processes`` runs the real command)."""
+    import uuid
+    init = f"file://{tmp_path / uuid.uuid4().hex}.rendezvous"
+    out = tmp_path / "value.txt"
+    mp.start_processes(dist_worker.local_evaluation, args=(2, init, str(out)), nprocs=2, start_method="spawn")
+    value, n, direct = out.read_text().split()
+    assert float(value) == float(direct) and int(n) == 6

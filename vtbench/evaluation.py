@@ -218,6 +218,9 @@ class Evaluation:
     progress: bool = True
     checkpoint_every: int = 4
     stop_after_batches: int | None = None  # tests: simulate an interruption after k batches
+    # Score every item in this process even under torchrun: no sharding, no gathering, no cross-process metric
+    # sync (for work one rank does alone, e.g. the AR probe's rank 0 scoring its samples).
+    local: bool = False
     done: set[str] = field(default_factory=set)
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -335,7 +338,10 @@ class Evaluation:
         # under torchrun each rank takes its shard of the items (positions rank, rank + world, ...)
         foreign: set[str] = set()
         total = self.total
-        if dist.world() > 1:
+        if self.local:
+            for m in self.metrics.values():  # torchmetrics would otherwise all-gather states with idle ranks
+                m.sync_on_compute = m._to_sync = False
+        if self.sharded:
             ids = list(getattr(self.source, "ids", None) or [])
             if not ids:
                 raise RuntimeError(f"{self.label}: this source cannot be sharded across processes (it does not list "
@@ -367,7 +373,7 @@ class Evaluation:
 
     def finish(self, started: str) -> dict[str, Any] | Outcome:
         import time
-        if dist.world() > 1:  # every rank's rows, skipped items and ids (metric states: torchmetrics, in compute)
+        if self.sharded:  # every rank's rows, skipped items and ids (metric states: torchmetrics, in compute)
             parts = dist.gather_objects((self.rows, self.skipped, sorted(self.done)))
             self.rows = [r for rows, _, _ in parts for r in rows]
             self.skipped = [s for _, skipped, _ in parts for s in skipped]
@@ -396,11 +402,17 @@ class Evaluation:
         record = self.record(outcome)
         record.setdefault("run", {})["fingerprint"] = self.fingerprint
         if self.dir is not None:
-            if dist.is_main():  # rank 0 writes; every rank returns the same record
+            if self.local or dist.is_main():  # rank 0 writes; every rank returns the same record
                 self.write(record, self.rows)
             self.progress_path.unlink(missing_ok=True)
-            dist.barrier()
+            if self.sharded:
+                dist.barrier()
         return record
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the items are split across torchrun processes (more than one, and not ``local``)."""
+        return dist.world() > 1 and not self.local
 
     def write(self, record: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         """``samples.csv`` and ``result.json``, replaced together or not at all; on failure (disk full) the

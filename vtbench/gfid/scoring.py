@@ -65,15 +65,16 @@ def generation_metric(reference: Reference, extractor: InceptionExtractor, *, ne
 def extract_samples(samples: Iterable[torch.Tensor], extractor: InceptionExtractor, *, keep_features: bool = True,
                     seed: int = 0, progress: bool = False, split_size: int = IS_SPLIT_SIZE) -> GenerationState:
     """Stream ``samples`` (uint8 ``(B, 3, H, W)`` batches) through the evaluation core with the ``generation``
-    metric and return its states as a ``GenerationState``. Seeds torch and numpy first, so sampling decoders
-    behind the iterator are reproducible."""
+    metric and return its states as a ``GenerationState`` (in this process only, also under torchrun). Seeds
+    torch and numpy first, so sampling decoders behind the iterator are reproducible."""
     from vtbench.evaluation import Evaluation
     ref = Reference(id="features-only", description={}, pool=None, spatial=None,
                     features=torch.zeros(0, 1) if keep_features else None)
     metric = generation_metric(ref, extractor, split_size=split_size)
     total = len(samples) if hasattr(samples, "__len__") else None
     Evaluation(source=SampleSource(samples, extractor.device), metrics={"generation": metric},
-               fingerprint="in-memory", label="samples", total=total, seed=seed, progress=progress).run()
+               fingerprint="in-memory", label="samples", total=total, seed=seed, progress=progress,
+               local=True).run()
     return metric.state()
 
 
@@ -179,7 +180,7 @@ def score_samples(samples: Iterable[torch.Tensor], reference: Reference, *, devi
                   nearest_k: int = NEAREST_K, resize: str = "clean") -> dict[str, MetricValue]:
     """Score uint8 ``(B, 3, H, W)`` sample batches against ``reference``: ``gfid``, ``sfid``,
     ``inception_score``, ``precision``, ``recall`` (each ``MetricValue``; None + reason when not computable), in
-    memory through the evaluation core.
+    memory through the evaluation core, in this process only (under torchrun: the calling rank alone).
 
     Example::
 
@@ -192,5 +193,6 @@ def score_samples(samples: Iterable[torch.Tensor], reference: Reference, *, devi
     metric = generation_metric(reference, extractor, nearest_k=nearest_k)
     total = len(samples) if hasattr(samples, "__len__") else None
     out = Evaluation(source=SampleSource(samples, extractor.device), metrics={"generation": metric},
-                     fingerprint="in-memory", label="samples", total=total, seed=seed, progress=progress).run()
+                     fingerprint="in-memory", label="samples", total=total, seed=seed, progress=progress,
+                     local=True).run()
     return out.values
