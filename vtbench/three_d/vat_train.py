@@ -32,7 +32,6 @@ linear warm-up then cosine decay to 10%, gradient clipping at 1. The result is `
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from vtbench.three_d.vat import VAT, VATConfig, save_vat_file
+from vtbench.tokenizers.tiny_train import warmup_cosine_lr
 
 CHECKPOINT = "checkpoint.pt"
 LOSS_NAMES = ("loss", "bce", "kl", "vq", "occ_acc")
@@ -184,13 +184,6 @@ class TrainingData:
 # ---------------------------------------------------------------------------------------------- training
 
 
-def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 @torch.no_grad()
 def restart_dead_codes(model: VAT, opt: torch.optim.Optimizer, dead: torch.Tensor, vectors: torch.Tensor,
                        seed: int) -> int:
@@ -301,7 +294,7 @@ def _train(out_dir, shapes_spec, steps, seed, config, batch_size, n_queries, lr,
         s = torch.where(drop, torch.randint(1, n_scales + 1, (batch_size,), generator=g),
                         torch.full((batch_size,), n_scales))
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, steps, lr, warmup)
+            group["lr"] = warmup_cosine_lr(step, steps, lr, warmup)
         out = model(pts, query, num_scales=s, generator=g)
         bce = F.binary_cross_entropy_with_logits(out["logits"], labels)
         loss = bce + kl_weight * out["kl"] + vq_weight * out["vq"]

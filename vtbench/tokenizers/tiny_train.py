@@ -98,7 +98,9 @@ def restart_dead_codes(model: TinyAutoencoder, x: torch.Tensor, usage: list[torc
     return restarted
 
 
-def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+def warmup_cosine_lr(step: int, steps: int, lr: float, warmup: int) -> float:
+    """The learning rate at ``step``: linear warm-up over ``warmup`` steps, then cosine decay to 0.1 ``lr`` (the
+    schedule of both project-trained checkpoints: tiny.* and vat.tiny)."""
     if step < warmup:
         return lr * (step + 1) / warmup
     t = (step - warmup) / max(1, steps - warmup)
@@ -174,7 +176,7 @@ def _train(kind: str, *, out, steps, seed, params, images, batch_size, patch, lr
             usage = [torch.zeros_like(u) for u in usage]
         model.train()
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, lr, warmup)
+            g["lr"] = warmup_cosine_lr(step, steps, lr, warmup)
         rec, qloss, codes = model(x)
         rec_loss = F.mse_loss(rec, x)
         loss = rec_loss + qloss
