@@ -65,3 +65,38 @@ def local_evaluation(rank: int, world: int, init: str, out: str) -> None:
         torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
+
+
+def inception_job(rank: int, world: int, init: str, job: str, samples: str, ref: str, out: str, cache: str) -> None:
+    """``vtbench fid`` (``fid_between``) or ``vtbench gfid`` (``gfid_run``) on this rank's shard; rank 0 writes
+    the values as JSON to ``out/values.json``."""
+    import json
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), VTBENCH_CACHE=cache)
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    import vtbench.gfid.samples as sample_readers
+    reads: list[str] = []
+    real = sample_readers.load_image
+
+    def counting(path, *a, **k):  # which sample files this rank decodes
+        reads.append(str(path))
+        return real(path, *a, **k)
+    sample_readers.load_image = counting
+    try:
+        values = run_inception_job(job, samples, ref, out)
+        (Path(out) / f"reads.r{rank}.json").write_text(json.dumps(reads))
+        if rank == 0:
+            (Path(out) / "values.json").write_text(json.dumps(values))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def run_inception_job(job: str, samples: str, ref: str, out: str) -> dict:
+    if job == "fid":
+        from vtbench.fid_tool import fid_between
+        res = fid_between(samples, ref, batch_size=2)
+        return {"fid": res["fid"], "n_a": res["n_a"], "n_b": res["n_b"]}
+    from vtbench.gfid import gfid_run
+    rec = gfid_run(samples, ref, resolution=64, out=out, batch_size=2)
+    return {"n": rec["dataset"]["n_used"], "processes": rec["run"].get("processes"),
+            **{k: v["value"] for k, v in rec["metrics"].items()}}

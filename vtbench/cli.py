@@ -269,11 +269,13 @@ def fid(
 ) -> None:
     """FID between two image folders (or a folder and a statistics .npz), rFID's extractor and resizing."""
     _setup_logging(False, as_json)
+    from vtbench import distributed
     from vtbench.fid_tool import fid_between
     from vtbench.metrics import MetricUnavailable
     from vtbench.runner import resolve_device
     try:
-        res = fid_between(a, b, batch_size=batch_size, device=str(resolve_device(device)), limit=limit)
+        dev = distributed.init_from_env(device) or resolve_device(device)  # torchrun: this rank's device, a shard
+        res = fid_between(a, b, batch_size=batch_size, device=str(dev), limit=limit, progress=not as_json)
     except MetricUnavailable as exc:
         _fail(exc.reason)
     except (FileNotFoundError, ValueError) as exc:
@@ -281,6 +283,8 @@ def fid(
     except (EOFError, OSError) as exc:  # e.g. an empty .npz (click would print a bare "Aborted.")
         _fail(f"cannot read {a} or {b} ({type(exc).__name__}: {exc or 'the file ends early'}); check that each is "
               f"a complete image folder or .npz statistics file (mu, sigma)")
+    if not distributed.is_main():  # torchrun: rank 0 reports
+        return
     warning = small_n_warning(res.get("n_a"), res.get("n_b"))
     if warning:
         typer.echo(f"warning: {warning}", err=True)
@@ -365,14 +369,16 @@ def gfid(
     _check_tokenizer(tokenizer)
     resize = _resize_mode(resize)
     _setup_logging(verbose, quiet or as_json)
+    from vtbench import distributed
     from vtbench.gfid import gfid_run, result_path
     from vtbench.metrics import MetricUnavailable
     from vtbench.registry import UnknownNameError
     from vtbench.runner import resolve_device
     try:
+        dev = distributed.init_from_env(device) or resolve_device(device)  # torchrun: this rank's device
         rec = gfid_run(samples, ref, name=name, out=out, tokenizer=tokenizer, weights=weights, resolution=resolution,
                        limit=limit, ref_limit=ref_limit, seed=seed, batch_size=batch_size,
-                       device=str(resolve_device(device)), progress=not (quiet or as_json),
+                       device=str(dev), progress=not (quiet or as_json),
                        trust_checkpoint=trust_checkpoint, allow_size_mismatch=allow_size_mismatch,
                        resize=resize, force=force)
     except UnknownNameError as exc:
@@ -381,6 +387,8 @@ def gfid(
         _fail(exc.reason)
     except (FileNotFoundError, ValueError, RuntimeError, MissingExtra) as exc:
         _fail(str(exc))
+    if not distributed.is_main():  # torchrun: rank 0 reports
+        return
     path = result_path(out, rec["dataset"], rec["tokenizer"]["name"], rec["run"]["resize"])
     metrics = rec["metrics"]
     if as_json:

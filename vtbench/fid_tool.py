@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+import numpy as np
 import torch
 
-from vtbench.data.images import load_image
+from vtbench.metrics.base import Batch, Metric, Output
 from vtbench.metrics.frechet import FeatureStats, GaussianStats, frechet_distance, load_stats
 from vtbench.metrics.inception import FEATURE_DIM, InceptionExtractor, load_inception
 
@@ -32,23 +33,53 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
                   key=lambda p: str(p))
 
 
-def _batches(files: list[Path], batch_size: int) -> Iterator[list[Path]]:
-    for i in range(0, len(files), batch_size):
-        yield files[i:i + batch_size]
+class FeatureStatistics(Metric):
+    """Streaming Inception pool_3 statistics of image batches, each image resized on its own as clean-fid's folder
+    mode does (float64 sums: torchmetrics ``sum`` states, so torchrun ranks reduce them by addition). Internal to
+    ``vtbench fid`` (not registered): ``compute`` keeps the reduced sums in ``self.result``."""
+
+    name = "feature_statistics"
+    outputs = (Output("n_images", "images"),)
+
+    def __init__(self, extractor: InceptionExtractor):
+        super().__init__()
+        self.extractor = extractor
+        zero = FeatureStats.zeros(FEATURE_DIM, extractor.device)
+        self.add_state("n", zero.n, "sum")
+        self.add_state("total", zero.sum, "sum")
+        self.add_state("outer", zero.outer, "sum")
+        self.result: FeatureStats | None = None
+
+    def _stats(self) -> FeatureStats:
+        return FeatureStats(self.n, self.total, self.outer)
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        images = [np.ascontiguousarray(im.permute(1, 2, 0).numpy()) for im in batch.reconstruction.cpu()]
+        self._stats().update(self.extractor.forward_resized(self.extractor.resize(images)))
+        return {}
+
+    def compute(self) -> dict[str, Any]:
+        self.result = FeatureStats(self.n.clone(), self.total.clone(), self.outer.clone())  # all ranks' sums
+        return {"n_images": self.value("n_images", float(self.n), int(self.n))}
 
 
 def folder_stats(folder: str | os.PathLike, extractor: InceptionExtractor, *, batch_size: int = 32,
-                 limit: int | None = None) -> FeatureStats:
-    """Streaming Inception statistics of the first ``limit`` images (sorted order) of ``folder``."""
-    files = list_images(folder)
-    if limit is not None:
-        files = files[:limit]
+                 limit: int | None = None, progress: bool = False) -> FeatureStats:
+    """Streaming Inception statistics of the first ``limit`` images (sorted order) of ``folder``, through the
+    evaluation core (under torchrun: each rank reads its shard; the sums are reduced on every rank)."""
+    from vtbench.evaluation import Evaluation
+    from vtbench.gfid.samples import iter_samples
+    from vtbench.gfid.scoring import SampleSource
+
+    files = list_images(folder)[:limit]
     if len(files) < 2:
         raise ValueError(f"{folder}: FID needs at least 2 images, found {len(files)}")
-    stats = FeatureStats.zeros(FEATURE_DIM, extractor.device)
-    for chunk in _batches(files, batch_size):
-        stats.update(extractor.forward_resized(extractor.resize([load_image(p) for p in chunk])))
-    return stats
+    metric = FeatureStatistics(extractor)
+    Evaluation(source=SampleSource(iter_samples(folder, batch_size=batch_size, limit=limit)),
+               metrics={"stats": metric}, fingerprint="in-memory", label=f"Inception on {Path(folder).name}",
+               total=len(files), progress=progress).run()
+    assert metric.result is not None
+    return metric.result
 
 
 def _is_stats_file(spec: str) -> bool:
@@ -56,10 +87,11 @@ def _is_stats_file(spec: str) -> bool:
 
 
 def fid_between(a: str, b: str, *, batch_size: int = 32, device: str | torch.device = "cpu",
-                limit: int | None = None, inception_path: str | None = None) -> dict[str, Any]:
+                limit: int | None = None, inception_path: str | None = None, progress: bool = False) -> dict[str, Any]:
     """FID between ``a`` and ``b``, each an image folder or an ``.npz`` with ``mu``/``sigma``.
 
-    ``limit`` caps the number of images taken from each folder. Returns ``{"fid", "n_a", "n_b", "extractor",
+    ``limit`` caps the number of images taken from each folder. Folders go through the evaluation core, so under
+    torchrun (``vtbench fid`` launched by it) each rank reads its shard. Returns ``{"fid", "n_a", "n_b", "extractor",
     "weights_sha256"}`` (``n`` is None for a statistics file that does not record it; extractor fields are
     None when both sides are statistics files). Raises ``MetricUnavailable`` without Inception weights.
     """
@@ -73,7 +105,7 @@ def fid_between(a: str, b: str, *, batch_size: int = 32, device: str | torch.dev
     def stats_of(spec: str) -> GaussianStats:
         if _is_stats_file(spec):
             return load_stats(spec)
-        s = folder_stats(spec, extractor, batch_size=batch_size, limit=limit)
+        s = folder_stats(spec, extractor, batch_size=batch_size, limit=limit, progress=progress)
         mu, sigma = s.mean_cov()
         return GaussianStats(mu, sigma, int(s.n))
 

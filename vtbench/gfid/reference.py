@@ -8,12 +8,13 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from vtbench.core import Progress, fingerprint
+from vtbench import distributed as dist
+from vtbench.core import fingerprint
 from vtbench.gfid.common import (
     DEFAULT_RESOLUTION,
     PR_REFERENCE_SIZE,
@@ -25,8 +26,8 @@ from vtbench.gfid.common import (
 )
 from vtbench.gfid.files import check_adm_images, iter_npz_rows, npz_array_info, npz_keys
 from vtbench.gfid.samples import Samples, _nhwc_to_tensor
+from vtbench.metrics.base import Metric, Output
 from vtbench.metrics.frechet import FeatureStats, GaussianStats
-from vtbench.metrics.generation import GenerationState
 from vtbench.metrics.inception import (
     FEATURE_DIM,
     SPATIAL_DIM,
@@ -132,23 +133,75 @@ def _arrays_to_stats(path: Path, a: dict[str, np.ndarray]
     return pool, spatial, feats
 
 
-def _image_features(batches: Iterable[torch.Tensor], extractor: InceptionExtractor, *, keep: Callable[[int], bool],
-                    progress: bool, total: int | None, label: str) -> tuple[GenerationState, torch.Tensor, int]:
-    """Pool + spatial statistics of all batches; pool features of the rows ``keep(i)`` accepts."""
-    state = GenerationState(FEATURE_DIM, SPATIAL_DIM, keep_features=False, device=extractor.device)
-    kept: list[torch.Tensor] = []
-    i = 0
-    with Progress(progress, total, label) as advance:
-        for batch in batches:
-            out = extractor.features_all(batch, logits=False)
-            state.update(out.pool, out.spatial)
-            rows = [j for j in range(batch.shape[0]) if keep(i + j)]
-            if rows:
-                kept.append(out.pool[rows].to("cpu", torch.float32))
-            i += batch.shape[0]
-            advance(batch.shape[0])
-    feats = torch.cat(kept) if kept else torch.zeros(0, FEATURE_DIM, dtype=torch.float32)
-    return state, feats, i
+class _ReferenceImages:
+    """Reference images as a source of the evaluation core: ``ids`` in order and ``read(positions)`` yielding
+    ``(ids, uint8 batch, [(id, error), ...])`` for those positions only (a torchrun rank reads its shard)."""
+
+    def __init__(self, ids: list[str], read: Callable[[list[int]], Iterator[tuple[list[str], Any, list]]]):
+        self.ids, self._read = ids, read
+
+    def batches(self, done: set[str], skip: Callable[[str, str], None]) -> Iterator[Any]:
+        from vtbench.metrics.base import Batch
+        for ids, images, errors in self._read([i for i, sid in enumerate(self.ids) if sid not in done]):
+            for sid, err in errors:
+                skip(sid, err)
+            if ids:
+                yield Batch(ids=ids, original=None, reconstruction=images)
+
+
+class ReferenceStatistics(Metric):
+    """Pool_3 and spatial Gaussian sums of reference images (float64, torchmetrics ``sum`` states) and the pool_3
+    features of the ids in ``keep`` (``cat``; precision/recall are set statistics, so the order in which ranks
+    contribute does not matter). Internal to references (not registered); ``compute`` keeps the reduced states
+    in ``self.result`` (torchmetrics restores the local states after ``compute``)."""
+
+    name = "reference_statistics"
+    outputs = (Output("n_images", "images"),)
+
+    def __init__(self, extractor: InceptionExtractor, keep: set[str] | None = None):
+        super().__init__()
+        self.extractor, self.keep = extractor, keep
+        for side, dim in (("pool", FEATURE_DIM), ("spatial", SPATIAL_DIM)):
+            zero = FeatureStats.zeros(dim, extractor.device)
+            self.add_state(f"{side}_n", zero.n, "sum")
+            self.add_state(f"{side}_sum", zero.sum, "sum")
+            self.add_state(f"{side}_outer", zero.outer, "sum")
+        self.add_state("features", None, "cat")
+        self.result: tuple[FeatureStats, FeatureStats, torch.Tensor] | None = None
+
+    def _stats(self, side: str) -> FeatureStats:
+        return FeatureStats(getattr(self, f"{side}_n"), getattr(self, f"{side}_sum"), getattr(self, f"{side}_outer"))
+
+    def update(self, batch: Any) -> dict[str, torch.Tensor]:
+        out = self.extractor.features_all(batch.reconstruction, logits=False)
+        self._stats("pool").update(out.pool)
+        self._stats("spatial").update(out.spatial)
+        rows = [j for j, sid in enumerate(batch.ids) if self.keep is None or sid in self.keep]
+        if rows:
+            self.features.append(out.pool[rows].to(torch.float32))
+        return {}
+
+    def compute(self) -> dict[str, Any]:
+        parts = [self.features] if isinstance(self.features, torch.Tensor) else list(self.features)
+        feats = torch.cat([f.cpu() for f in parts]) if parts else torch.zeros(0, FEATURE_DIM, dtype=torch.float32)
+        self.result = tuple(FeatureStats(*(t.clone() for t in (getattr(self, f"{side}_n"), getattr(
+            self, f"{side}_sum"), getattr(self, f"{side}_outer")))) for side in ("pool", "spatial")) + (feats,)
+        return {"n_images": self.value("n_images", float(self.pool_n), int(self.pool_n))}
+
+
+def _image_features(source: _ReferenceImages, extractor: InceptionExtractor, *, keep: set[str] | None,
+                    progress: bool, label: str, local: bool) -> tuple[FeatureStats, FeatureStats, torch.Tensor,
+                                                                       list[dict[str, str]]]:
+    """Pool and spatial statistics of every image of ``source`` and the pool features of the ids in ``keep``
+    (None: all), through the evaluation core: under torchrun (unless ``local``) each rank reads its shard and
+    every rank gets the reduced statistics. Also returns the skipped items (id, reason)."""
+    from vtbench.evaluation import Evaluation
+    metric = ReferenceStatistics(extractor, keep)
+    outcome = Evaluation(source=source, metrics={"statistics": metric}, fingerprint="in-memory", label=label,
+                         total=len(source.ids), progress=progress, local=local).run()
+    assert metric.result is not None
+    pool, spatial, feats = metric.result
+    return pool, spatial, feats, outcome.skipped
 
 
 def _gaussian(stats: FeatureStats) -> GaussianStats | None:
@@ -178,8 +231,17 @@ def _load_cached(path: Path) -> Reference | None:
         return None
 
 
+def _shared_cache(path: Path, local: bool) -> Reference | None:
+    """The cached reference at ``path`` or None; under torchrun (unless ``local``) rank 0's answer, sent to every
+    rank, so all ranks take the same branch (compute together, or all use the cache) even without a shared disk."""
+    if local or not dist.is_initialized() or dist.world() == 1:
+        return _load_cached(path)
+    return dist.broadcast_object(_load_cached(path) if dist.is_main() else None)
+
+
 def _reference_from_npz(path: Path, *, extractor: InceptionExtractor | None, limit: int | None = None,
-                        seed: int = 0, batch_size: int = 32, progress: bool = False) -> Reference:
+                        seed: int = 0, batch_size: int = 32, progress: bool = False, local: bool = False
+                        ) -> Reference:
     from vtbench.data.datasets import select_subset
     from vtbench.hashing import sha256sum
 
@@ -210,15 +272,21 @@ def _reference_from_npz(path: Path, *, extractor: InceptionExtractor | None, lim
         subset = select_subset([str(i) for i in range(n_images)], limit, seed)
         n_selected = len(subset)
         cache = _cache_path(_digest("npz", sha, extractor.id, SPATIAL_ID, limit, seed, REFERENCE_CACHE_VERSION))
-        images = _load_cached(cache)
+        images = _shared_cache(cache, local)
         if images is None:
-            rows = iter_npz_rows(path, "arr_0", batch_size, keep=set(subset) if n_selected < n_images else None)
-            state, img_feats, _ = _image_features((_nhwc_to_tensor(r) for r in rows), extractor,
-                                                  keep=lambda i: True, progress=progress, total=n_selected,
-                                                  label=f"reference {path.name}")
-            images = Reference(f"{path.name}#arr_0", {"file_sha256": sha}, _gaussian(state.pool),
-                               _gaussian(state.spatial), img_feats, extractor.id)
-            images.save(cache)
+            def read(positions: list[int]) -> Iterator[tuple[list[str], Any, list]]:
+                rows = [subset[i] for i in positions]  # row indices of arr_0, ascending
+                left = iter(rows)
+                for chunk in iter_npz_rows(path, "arr_0", batch_size, keep=set(rows)):
+                    yield [str(next(left)) for _ in range(len(chunk))], _nhwc_to_tensor(chunk), []
+
+            img_pool, img_spatial, img_feats, _ = _image_features(
+                _ReferenceImages([str(i) for i in subset], read), extractor, keep=None, progress=progress,
+                label=f"reference {path.name}", local=local)
+            images = Reference(f"{path.name}#arr_0", {"file_sha256": sha}, _gaussian(img_pool),
+                               _gaussian(img_spatial), img_feats, extractor.id)
+            if local or dist.is_main():
+                images.save(cache)
         ext_id = extractor.id
         if feats is None:
             feats = images.features
@@ -256,7 +324,8 @@ def _reference_from_npz(path: Path, *, extractor: InceptionExtractor | None, lim
 
 
 def _reference_from_dataset(spec: str, *, resolution: int, limit: int | None, seed: int, batch_size: int,
-                            extractor: InceptionExtractor, progress: bool, pr_reference_size: int) -> Reference:
+                            extractor: InceptionExtractor, progress: bool, pr_reference_size: int,
+                            local: bool = False) -> Reference:
     from vtbench.data.datasets import collate, open_dataset, select_subset
     from vtbench.data.policies import get_policy
 
@@ -266,28 +335,24 @@ def _reference_from_dataset(spec: str, *, resolution: int, limit: int | None, se
     key = _digest("dataset", info.id, info.revision, info.selection, info.policy, extractor.id, SPATIAL_ID, pr_n,
                   seed, REFERENCE_CACHE_VERSION)
     cache = _cache_path(key)
-    cached = _load_cached(cache)
+    cached = _shared_cache(cache, local)
     if cached is not None:
         log.info("reference %s: cached statistics %s", info.id, cache)
         cached.description.update(cache=str(cache), image_size=[resolution, resolution])
         return cached
     keep_ids = set(ds.ids) if pr_n == len(ds) else {ds.ids[i] for i in select_subset(ds.ids, pr_n, seed)}
-    skipped: list[dict[str, str]] = []
-    order: list[str] = []
 
-    def batches() -> Iterator[torch.Tensor]:
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
-        for chunk in loader:
-            skipped.extend({"id": sid, "reason": err} for sid, err in chunk["errors"])
-            for sid, err in chunk["errors"]:
-                log.warning("reference: skipping %s: %s", sid, err)
-            if chunk["images"]:  # adm-center-crop makes every image resolution x resolution
-                order.extend(chunk["ids"])
-                yield torch.stack(chunk["images"])
+    def read(positions: list[int]) -> Iterator[tuple[list[str], Any, list]]:
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, positions), batch_size=batch_size,
+                                             shuffle=False, collate_fn=collate)
+        for chunk in loader:  # adm-center-crop makes every image resolution x resolution
+            yield chunk["ids"], torch.stack(chunk["images"]) if chunk["images"] else None, chunk["errors"]
 
-    state, feats, n = _image_features(batches(), extractor, keep=lambda i: order[i] in keep_ids,
-                                      progress=progress, total=len(ds), label=f"reference {info.id}")
-    pool, spatial = _gaussian(state.pool), _gaussian(state.spatial)
+    pool, spatial, feats, skipped = _image_features(_ReferenceImages(list(ds.ids), read), extractor,
+                                                    keep=keep_ids, progress=progress, label=f"reference {info.id}",
+                                                    local=local)
+    n = int(pool.n)
+    pool, spatial = _gaussian(pool), _gaussian(spatial)
     missing = {} if pool is not None else {"gfid": f"reference {info.id} has {n} usable image(s); a covariance "
                                                    "needs at least 2"}
     if spatial is None:
@@ -296,7 +361,8 @@ def _reference_from_dataset(spec: str, *, resolution: int, limit: int | None, se
             "n_reference_features": int(feats.shape[0]), "statistics": f"vtbench: {extractor.id}",
             "skipped": skipped, "image_size": [resolution, resolution]}
     ref = Reference(info.id, desc, pool, spatial, feats, extractor.id, missing)
-    ref.save(cache)
+    if local or dist.is_main():  # one writer under torchrun
+        ref.save(cache)
     ref.description["cache"] = str(cache)
     return ref
 
@@ -304,14 +370,16 @@ def _reference_from_dataset(spec: str, *, resolution: int, limit: int | None, se
 def open_reference(spec: str, *, resolution: int = 256, limit: int | None = None, seed: int = 0,
                    batch_size: int = 32, device: str | torch.device = "cpu", inception_path: str | None = None,
                    progress: bool = False, pr_reference_size: int = PR_REFERENCE_SIZE,
-                   resize: str = "clean") -> Reference:
+                   resize: str = "clean", local: bool = False) -> Reference:
     """Open a reference: an ADM/vtbench reference ``.npz`` or a dataset (see the module docstring).
 
     ``limit`` / ``seed``: a deterministic subset of the dataset (or of an npz's ``arr_0`` images);
     ``pr_reference_size``: at most this many dataset images (a seeded subset) keep pool_3 features for
     precision/recall. Raises ``MetricUnavailable`` when Inception weights are needed and missing,
     ``SampleFormatError`` / ``DatasetError`` (both ``ValueError``) for unreadable inputs. ``resize``: the
-    extractor's resize mode (``"clean"`` or ``"tf-bilinear"``; part of every cache key).
+    extractor's resize mode (``"clean"`` or ``"tf-bilinear"``; part of every cache key). Statistics are computed
+    through the evaluation core: under torchrun every rank must call this (each reads its shard; rank 0 writes the
+    cache), unless ``local`` (one rank computing alone, e.g. the AR probe's rank 0).
     """
     check_resize_mode(resize)
     path = Path(spec)
@@ -320,12 +388,12 @@ def open_reference(spec: str, *, resolution: int = 256, limit: int | None = None
         needs_images = "arr_0" in keys and not ({"mu", "sigma", "features"} <= set(keys))
         extractor = load_inception(inception_path, device).with_resize(resize) if needs_images else None
         return _reference_from_npz(path, extractor=extractor, limit=limit, seed=seed, batch_size=batch_size,
-                                   progress=progress)
+                                   progress=progress, local=local)
     if path.suffix.lower() == ".npz":
         raise FileNotFoundError(f"{spec}: no such reference file")
     return _reference_from_dataset(spec, resolution=resolution, limit=limit, seed=seed, batch_size=batch_size,
                                    extractor=load_inception(inception_path, device).with_resize(resize),
-                                   progress=progress, pr_reference_size=pr_reference_size)
+                                   progress=progress, pr_reference_size=pr_reference_size, local=local)
 
 
 def reference_image_size(spec: str, resolution: int = DEFAULT_RESOLUTION) -> tuple[tuple[int, int] | None, str]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from vtbench import distributed as dist
 from vtbench.core import fingerprint
 from vtbench.evaluation import Evaluation, Outcome
 from vtbench.gfid.common import DEFAULT_RESOLUTION, RESIZE_SUFFIX, _join_warnings
@@ -50,7 +51,8 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
     different sizes raise ``SizeMismatchError`` unless ``allow_size_mismatch`` (then every value warns).
     ``resize``: ``"clean"`` (clean-fid) or ``"tf-bilinear"`` (ADM's evaluator), for samples and reference alike.
     Runs through the evaluation core: an interrupted run resumes, a complete one with the same fingerprint is
-    returned as it is unless ``force``.
+    returned as it is unless ``force``; under ``torchrun`` each rank scores its shard of the samples (reading or
+    decoding only those) and rank 0 writes the record.
     """
     from vtbench.config import load_protocol
 
@@ -77,6 +79,7 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
     if size_warning:
         log.warning("%s", size_warning)
     t0 = time.perf_counter()
+    # under torchrun every rank computes its shard of the reference statistics (rank 0 caches them)
     reference = open_reference(ref_spec, resolution=used or DEFAULT_RESOLUTION, limit=ref_limit, seed=seed,
                                batch_size=batch_size, device=device, inception_path=inception_path,
                                progress=progress, resize=resize)
@@ -121,7 +124,7 @@ def gfid_run(samples_spec: str, ref_spec: str, *, name: str | None = None, out: 
             timings=outcome.timings,
             samples={**samples.provenance, "n_requested": limit, "n": outcome.n_used},
             extractor=extractor.describe(),
-            run=run_section,
+            run={**run_section, "processes": dist.world()},
         )
 
     metric = generation_metric(reference, extractor, nearest_k=nearest_k, warning=size_warning)

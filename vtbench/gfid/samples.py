@@ -34,9 +34,15 @@ class Samples:
     kind: str
     n: int
     provenance: dict[str, Any]
-    batches: Callable[[], Iterator[torch.Tensor]]
+    # rows(positions): batches of the samples at these ascending positions only, as (positions, uint8 batch); a
+    # torchrun rank reads, loads or decodes its own shard and nothing else
+    rows: Callable[[list[int]], Iterator[tuple[list[int], torch.Tensor]]]
     tokenizer: Any = None
     size: tuple[int, int] | None = None  # (height, width) of the images (folders, ADM .npz: the first one's)
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        """Every sample, in order."""
+        return (images for _, images in self.rows(list(range(self.n))))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return iter(self.batches())
@@ -56,23 +62,26 @@ def _folder_samples(root: Path, batch_size: int, limit: int | None) -> Samples:
 
     h, w = load_image(files[0]).shape[:2]
 
-    def batches() -> Iterator[torch.Tensor]:
+    def rows(positions: list[int]) -> Iterator[tuple[list[int], torch.Tensor]]:
         group: list[np.ndarray] = []
+        at: list[int] = []
         seen: set[tuple[int, int]] = set()
-        for p in files:
-            img = load_image(p)
+        for i in positions:
+            img = load_image(files[i])
             seen.add((int(img.shape[0]), int(img.shape[1])))
             if group and (img.shape != group[0].shape or len(group) == batch_size):  # stack equal sizes only
-                yield _nhwc_to_tensor(np.stack(group))
-                group = []
+                yield at, _nhwc_to_tensor(np.stack(group))
+                group, at = [], []
             group.append(img)
+            at.append(i)
         if group:
-            yield _nhwc_to_tensor(np.stack(group))
-        prov["sizes"] = [list(s) for s in sorted(seen)]  # every size met (more than one: a mixed folder)
+            yield at, _nhwc_to_tensor(np.stack(group))
+        if len(positions) == len(files):
+            prov["sizes"] = [list(s) for s in sorted(seen)]  # every size met (more than one: a mixed folder)
 
     prov = {"spec": str(root), "kind": "folder", "n_files": len(files), "first": files[0].name,
             "last": files[-1].name, "height": int(h), "width": int(w)}
-    return Samples(str(root), "folder", len(files), prov, batches, size=(int(h), int(w)))
+    return Samples(str(root), "folder", len(files), prov, rows, size=(int(h), int(w)))
 
 
 def _adm_npz_samples(path: Path, batch_size: int, limit: int | None) -> Samples:
@@ -86,13 +95,15 @@ def _adm_npz_samples(path: Path, batch_size: int, limit: int | None) -> Samples:
     check_adm_images(path, shape, dtype, keys)
     n = shape[0] if limit is None else min(shape[0], limit)
 
-    def batches() -> Iterator[torch.Tensor]:
-        for rows in iter_npz_rows(path, "arr_0", batch_size, limit=n):
-            yield _nhwc_to_tensor(rows)
+    def rows(positions: list[int]) -> Iterator[tuple[list[int], torch.Tensor]]:
+        left = iter(positions)  # iter_npz_rows yields the kept rows in ascending order
+        keep = None if len(positions) == n else set(positions)
+        for chunk in iter_npz_rows(path, "arr_0", batch_size, limit=n, keep=keep):
+            yield [next(left) for _ in range(len(chunk))], _nhwc_to_tensor(chunk)
 
     prov = {"spec": str(path), "kind": "adm-npz", "sha256": sha256sum(path), "shape": list(shape),
             "keys": keys, "n_used": n, "height": int(shape[1]), "width": int(shape[2])}
-    return Samples(str(path), "adm-npz", n, prov, batches, size=(int(shape[1]), int(shape[2])))
+    return Samples(str(path), "adm-npz", n, prov, rows, size=(int(shape[1]), int(shape[2])))
 
 
 def _token_samples(path: Path, tokenizer: Any, weights: str | None, batch_size: int, limit: int | None,
@@ -113,15 +124,15 @@ def _token_samples(path: Path, tokenizer: Any, weights: str | None, batch_size: 
     codes = tf.codes[:limit]
     tok.tokens_from_codes(torch.from_numpy(codes[:1]), tf.height, tf.width)  # shape/range check before any work
 
-    def batches() -> Iterator[torch.Tensor]:
-        for start in range(0, len(codes), batch_size):
-            tokens = tok.tokens_from_codes(torch.from_numpy(codes[start:start + batch_size]), tf.height, tf.width)
+    def rows(positions: list[int]) -> Iterator[tuple[list[int], torch.Tensor]]:
+        for start in range(0, len(positions), batch_size):
+            at = positions[start:start + batch_size]
+            tokens = tok.tokens_from_codes(torch.from_numpy(codes[at]), tf.height, tf.width)
             with torch.inference_mode():
                 images = tok.decode(tokens)
             if not torch.isfinite(images).all():
-                raise RuntimeError(f"{tok.name} decoded NaN/Inf pixels from codes {start}..{start + len(tokens) - 1}"
-                                   f" of {path}")
-            yield quantise_uint8(images.float()).cpu()
+                raise RuntimeError(f"{tok.name} decoded NaN/Inf pixels from codes {at[0]}..{at[-1]} of {path}")
+            yield at, quantise_uint8(images.float()).cpu()
 
     native = tok.card.native_size
     h, w = tf.height or native, tf.width or native  # tokens_from_codes has checked that these exist
@@ -130,7 +141,7 @@ def _token_samples(path: Path, tokenizer: Any, weights: str | None, batch_size: 
             "file_height": tf.height, "file_width": tf.width,
             "n_labels": None if tf.labels is None else int(len(tf.labels)), "n_used": len(codes)}
     size = (int(h), int(w)) if h is not None and w is not None else None
-    return Samples(str(path), "tokens", len(codes), prov, batches, tokenizer=tok, size=size)
+    return Samples(str(path), "tokens", len(codes), prov, rows, tokenizer=tok, size=size)
 
 
 def iter_samples(spec: str | os.PathLike, *, tokenizer: Any = None, batch_size: int = 32, limit: int | None = None,

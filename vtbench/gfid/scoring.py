@@ -23,7 +23,8 @@ log = logging.getLogger("vtbench")
 
 class SampleSource:
     """Generated samples as a source of the evaluation core: uint8 batches with ids by position (``s0000000``,
-    ...); on resume the batches already done are read again but not scored (a token file decodes them again).
+    ...). A ``Samples`` reads (or decodes) only the positions not yet done, so a resumed run or a torchrun rank
+    touches nothing else; another iterable is read whole and the done batches are dropped.
     ``timings["samples_s"]``: the wall time of the pass (reading, decoding and feature extraction)."""
 
     def __init__(self, samples: Iterable[torch.Tensor], device: str | torch.device = "cpu"):
@@ -37,7 +38,17 @@ class SampleSource:
 
     def batches(self, done: set[str], skip: Any) -> Iterator[Batch]:
         import time
-        start, t0 = 0, time.perf_counter()
+        t0 = time.perf_counter()
+        if hasattr(self.samples, "rows"):  # a Samples: read, load or decode only the positions not done (a shard)
+            try:
+                want = [i for i, sid in enumerate(self.ids) if sid not in done]
+                for at, images in self.samples.rows(want):
+                    yield Batch(ids=[f"s{i:07d}" for i in at], original=None, reconstruction=images.to(self.device),
+                                index=torch.tensor(at))
+            finally:
+                self.timings["samples_s"] += time.perf_counter() - t0
+            return
+        start = 0
         try:
             for images in self.samples:
                 ids = [f"s{i:07d}" for i in range(start, start + images.shape[0])]

@@ -282,7 +282,7 @@ class _ProbeRun:
             self.ref = self._timed("reference", lambda: open_reference(
                 cfg.reference or cfg.data or self.protocol.get("default_data", "embedded/photos"),
                 resolution=self.res, limit=None if cfg.reference else cfg.limit, seed=cfg.seed, device=self.device,
-                progress=cfg.progress, resize=cfg.resize))
+                progress=cfg.progress, resize=cfg.resize, local=True))  # rank 0 alone
         scored: dict[float, dict[str, MetricValue]] = {}
         kept: dict[str, Any] = {}  # the best scale's samples only (memory)
 
