@@ -277,7 +277,8 @@ def _reference_from_npz(path: Path, *, extractor: InceptionExtractor | None, lim
             def read(positions: list[int]) -> Iterator[tuple[list[str], Any, list]]:
                 rows = [subset[i] for i in positions]  # row indices of arr_0, ascending
                 left = iter(rows)
-                for chunk in iter_npz_rows(path, "arr_0", batch_size, keep=set(rows)):
+                keep = None if len(rows) == n_images else set(rows)
+                for chunk in iter_npz_rows(path, "arr_0", batch_size, keep=keep):
                     yield [str(next(left)) for _ in range(len(chunk))], _nhwc_to_tensor(chunk), []
 
             img_pool, img_spatial, img_feats, _ = _image_features(
