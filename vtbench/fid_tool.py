@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vtbench.metrics.base import Batch, Metric, Output
+from vtbench.metrics.base import Batch, Output
 from vtbench.metrics.frechet import FeatureStats, GaussianStats, frechet_distance, load_stats
-from vtbench.metrics.inception import FEATURE_DIM, InceptionExtractor, load_inception
+from vtbench.metrics.generation import InceptionGaussians
+from vtbench.metrics.inception import InceptionExtractor, load_inception
 
 # clean-fid's folder extensions (it globs them case-sensitively; here the match ignores case)
 IMAGE_EXTENSIONS = frozenset({".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"})
@@ -33,10 +34,10 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
                   key=lambda p: str(p))
 
 
-class FeatureStatistics(Metric):
+class FeatureStatistics(InceptionGaussians):
     """Streaming Inception pool_3 statistics of image batches, each image resized on its own as clean-fid's folder
-    mode does (float64 sums: torchmetrics ``sum`` states, so torchrun ranks reduce them by addition). Internal to
-    ``vtbench fid`` (not registered): ``compute`` keeps the reduced sums in ``self.result``."""
+    mode does (float64 sums, reduced across torchrun ranks by addition). Internal to ``vtbench fid`` (not
+    registered): ``compute`` keeps the reduced sums in ``self.result``."""
 
     name = "feature_statistics"
     outputs = (Output("n_images", "images"),)
@@ -44,23 +45,17 @@ class FeatureStatistics(Metric):
     def __init__(self, extractor: InceptionExtractor):
         super().__init__()
         self.extractor = extractor
-        zero = FeatureStats.zeros(FEATURE_DIM, extractor.device)
-        self.add_state("n", zero.n, "sum")
-        self.add_state("total", zero.sum, "sum")
-        self.add_state("outer", zero.outer, "sum")
+        self._add_gaussians(extractor.device, sides=("pool",))
         self.result: FeatureStats | None = None
-
-    def _stats(self) -> FeatureStats:
-        return FeatureStats(self.n, self.total, self.outer)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         images = [np.ascontiguousarray(im.permute(1, 2, 0).numpy()) for im in batch.reconstruction.cpu()]
-        self._stats().update(self.extractor.forward_resized(self.extractor.resize(images)))
+        self._stats("pool").update(self.extractor.forward_resized(self.extractor.resize(images)))
         return {}
 
     def compute(self) -> dict[str, Any]:
-        self.result = FeatureStats(self.n.clone(), self.total.clone(), self.outer.clone())  # all ranks' sums
-        return {"n_images": self.value("n_images", float(self.n), int(self.n))}
+        self.result = self._stats_copy("pool")  # all ranks' sums
+        return {"n_images": self.value("n_images", float(self.pool_n), int(self.pool_n))}
 
 
 def folder_stats(folder: str | os.PathLike, extractor: InceptionExtractor, *, batch_size: int = 32,

@@ -26,8 +26,9 @@ from vtbench.gfid.common import (
 )
 from vtbench.gfid.files import check_adm_images, iter_npz_rows, npz_array_info, npz_keys
 from vtbench.gfid.samples import Samples, _nhwc_to_tensor
-from vtbench.metrics.base import Metric, Output
+from vtbench.metrics.base import Output
 from vtbench.metrics.frechet import FeatureStats, GaussianStats
+from vtbench.metrics.generation import InceptionGaussians
 from vtbench.metrics.inception import (
     FEATURE_DIM,
     SPATIAL_DIM,
@@ -149,7 +150,7 @@ class _ReferenceImages:
                 yield Batch(ids=ids, original=None, reconstruction=images)
 
 
-class ReferenceStatistics(Metric):
+class ReferenceStatistics(InceptionGaussians):
     """Pool_3 and spatial Gaussian sums of reference images (float64, torchmetrics ``sum`` states) and the pool_3
     features of the ids in ``keep`` (``cat``; precision/recall are set statistics, so the order in which ranks
     contribute does not matter). Internal to references (not registered); ``compute`` keeps the reduced states
@@ -161,16 +162,9 @@ class ReferenceStatistics(Metric):
     def __init__(self, extractor: InceptionExtractor, keep: set[str] | None = None):
         super().__init__()
         self.extractor, self.keep = extractor, keep
-        for side, dim in (("pool", FEATURE_DIM), ("spatial", SPATIAL_DIM)):
-            zero = FeatureStats.zeros(dim, extractor.device)
-            self.add_state(f"{side}_n", zero.n, "sum")
-            self.add_state(f"{side}_sum", zero.sum, "sum")
-            self.add_state(f"{side}_outer", zero.outer, "sum")
+        self._add_gaussians(extractor.device)
         self.add_state("features", None, "cat")
         self.result: tuple[FeatureStats, FeatureStats, torch.Tensor] | None = None
-
-    def _stats(self, side: str) -> FeatureStats:
-        return FeatureStats(getattr(self, f"{side}_n"), getattr(self, f"{side}_sum"), getattr(self, f"{side}_outer"))
 
     def update(self, batch: Any) -> dict[str, torch.Tensor]:
         out = self.extractor.features_all(batch.reconstruction, logits=False)
@@ -184,8 +178,7 @@ class ReferenceStatistics(Metric):
     def compute(self) -> dict[str, Any]:
         parts = [self.features] if isinstance(self.features, torch.Tensor) else list(self.features)
         feats = torch.cat([f.cpu() for f in parts]) if parts else torch.zeros(0, FEATURE_DIM, dtype=torch.float32)
-        self.result = tuple(FeatureStats(*(t.clone() for t in (getattr(self, f"{side}_n"), getattr(
-            self, f"{side}_sum"), getattr(self, f"{side}_outer")))) for side in ("pool", "spatial")) + (feats,)
+        self.result = (self._stats_copy("pool"), self._stats_copy("spatial"), feats)
         return {"n_images": self.value("n_images", float(self.pool_n), int(self.pool_n))}
 
 

@@ -276,7 +276,32 @@ def _cat(state: Any) -> torch.Tensor | None:
     return torch.cat(list(state)) if len(state) else None
 
 
-class GenerationMetrics(Metric):
+class InceptionGaussians(Metric):
+    """Base of the metrics that keep float64 Gaussian sums of Inception features (``n``, ``sum``, ``outer`` per
+    side: ``pool`` = pool_3, ``spatial`` = ADM's spatial features) as torchmetrics ``sum`` states, so torchrun
+    ranks reduce them by addition: the generation metric, the gfid reference statistics and ``vtbench fid``'s
+    folder statistics. Not registered itself."""
+
+    def _add_gaussians(self, device: Any, sides: tuple[str, ...] = ("pool", "spatial")) -> None:
+        from vtbench.metrics.inception import FEATURE_DIM, SPATIAL_DIM  # read now: tests patch stand-in sizes
+        for side in sides:
+            zero = FeatureStats.zeros(FEATURE_DIM if side == "pool" else SPATIAL_DIM, device)
+            self.add_state(f"{side}_n", zero.n, "sum")
+            self.add_state(f"{side}_sum", zero.sum, "sum")
+            self.add_state(f"{side}_outer", zero.outer, "sum")
+
+    def _stats(self, side: str) -> FeatureStats:
+        """The side's sums as a ``FeatureStats`` sharing the state tensors (``update`` adds in place)."""
+        return FeatureStats(getattr(self, f"{side}_n"), getattr(self, f"{side}_sum"), getattr(self, f"{side}_outer"))
+
+    def _stats_copy(self, side: str) -> FeatureStats:
+        """A copy of the side's sums (inside ``compute``: every rank's, reduced; torchmetrics restores the local
+        states afterwards)."""
+        return FeatureStats(*(t.clone() for t in (getattr(self, f"{side}_n"), getattr(self, f"{side}_sum"),
+                                                   getattr(self, f"{side}_outer"))))
+
+
+class GenerationMetrics(InceptionGaussians):
     """gFID, sFID, Inception Score, precision and recall of generated samples against a reference, as a registered
     metric (``generation``): the generation task runs it through the same evaluation core as every other task.
 
@@ -308,24 +333,16 @@ class GenerationMetrics(Metric):
     def __init__(self, reference: Any, extractor: Any, *, nearest_k: int = NEAREST_K,
                  split_size: int = IS_SPLIT_SIZE, warning: str | None = None) -> None:
         super().__init__()
-        from vtbench.metrics.inception import FEATURE_DIM, SPATIAL_DIM
         self.reference, self.extractor, self.nearest_k = reference, extractor, nearest_k
         self.split_size, self.warning = split_size, warning
         self.keep_features = reference.features is not None
         device = extractor.device
-        for side, dim in (("pool", FEATURE_DIM), ("spatial", SPATIAL_DIM)):
-            zero = FeatureStats.zeros(dim, device)
-            self.add_state(f"{side}_n", zero.n, "sum")
-            self.add_state(f"{side}_sum", zero.sum, "sum")
-            self.add_state(f"{side}_outer", zero.outer, "sum")
+        self._add_gaussians(device)
         self.add_state("logits", None, "cat")
         self.add_state("positions", None, "cat")  # the logits' sample positions (IS splits in sample order)
         self.add_state("n_logits", torch.zeros((), dtype=torch.int64), "sum")
         self.add_state("features", None, "cat")
         self.to(device)
-
-    def _stats(self, side: str) -> FeatureStats:
-        return FeatureStats(getattr(self, f"{side}_n"), getattr(self, f"{side}_sum"), getattr(self, f"{side}_outer"))
 
     def update(self, batch: Any) -> dict[str, torch.Tensor]:
         """Fold one batch of samples (``batch.reconstruction``, uint8) in; no per-sample values."""
